@@ -1,0 +1,200 @@
+"""The hub's DICOM application entity: C-ECHO and C-STORE into the one ingest path.
+
+A front door in the STYLE.md sense: it turns DIMSE into service calls and domain errors back
+into DIMSE statuses (through telehealth.errors), and knows nothing of storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from telehealth.archive.models import IngestSource
+from telehealth.archive.service import Origin
+from telehealth.db import transaction
+from telehealth.errors import DomainError, wire_status
+from telehealth.institutions.service import Caller, CallerRefused, authorize_caller
+
+if TYPE_CHECKING:
+    from telehealth.hub import Hub
+
+log = logging.getLogger(__name__)
+
+# Accept any storage SOP class, including private and newer ones pynetdicom does not list:
+# the archive keeps bytes as received and needs nothing class-specific to index them.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
+
+# pynetdicom's status for a refused caller: rejected-permanent, service-user, calling AE title
+# not recognised (PS3.8 §9.3.4).
+_REFUSED = ["\x00refused"]
+
+
+class _HubAE(AE):
+    """An AE that asks the hub, per association, whether the caller may associate.
+
+    pynetdicom checks `require_calling_aet` while negotiating, inside the association's own
+    thread; answering per thread lets us decide on the calling title *and* address, and
+    reject with a proper A-ASSOCIATE-RJ rather than abort after accepting.
+    """
+
+    def __init__(self, node: DicomNode, ae_title: str) -> None:
+        super().__init__(ae_title)
+        self._node = node
+
+    @property  # type: ignore[override]
+    def require_calling_aet(self) -> list[str]:
+        assoc = threading.current_thread()
+        if not isinstance(assoc, Association) or not assoc.is_acceptor:
+            return []
+        caller = self._node.admit(assoc)
+        return [] if caller is not None else _REFUSED
+
+    @require_calling_aet.setter
+    def require_calling_aet(self, value: list[str]) -> None:
+        raise AttributeError("callers are decided by the hub's registry")
+
+
+class DicomNode:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        settings = hub.settings
+        self.host = settings.dicom_host
+        self.port = settings.dicom_port
+        self.ae = _HubAE(self, settings.ae_title)
+        self.ae.maximum_associations = settings.max_associations
+        self.ae.maximum_pdu_size = settings.max_pdu_bytes
+        self.ae.network_timeout = 60
+        self.ae.acse_timeout = 30
+        self.ae.dimse_timeout = 60
+        self.ae.add_supported_context(Verification)
+        self._server: ThreadedAssociationServer | None = None
+        self._callers: weakref.WeakKeyDictionary[Association, Caller] = weakref.WeakKeyDictionary()
+
+    @property
+    def is_listening(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self._server = self.ae.start_server(
+            (self.host, self.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=self._ssl_context(),
+        )
+        self.port = self._server.server_address[1]
+        log.info("DICOM node %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        self.ae.shutdown()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        settings = self.hub.settings
+        if not (settings.dicom_tls_cert and settings.dicom_tls_key):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
+        if settings.dicom_tls_ca:
+            context.load_verify_locations(settings.dicom_tls_ca)
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    # --- association admission ---------------------------------------------------------------
+
+    def admit(self, assoc: Association) -> Caller | None:
+        """Decide once per association whether its caller is allowed; remember who it is."""
+        known = self._callers.get(assoc)
+        if known is not None:
+            return known
+        ae_title = (assoc.requestor.ae_title or "").strip()
+        address = assoc.requestor.address
+        settings = self.hub.settings
+        try:
+            with transaction(self.hub.factory) as session:
+                caller = authorize_caller(
+                    session,
+                    ae_title,
+                    address,
+                    accept_unknown=settings.accept_unknown_callers,
+                    unknown_institution_code=settings.unknown_caller_institution,
+                )
+        except CallerRefused as exc:
+            log.warning("refused association from AE %r at %s: %s", ae_title, address, exc)
+            return None
+        except DomainError as exc:
+            log.warning("refused association from AE %r at %s: %s", ae_title, address, exc)
+            return None
+        if not caller.registered:
+            log.info(
+                "accepted unregistered AE %r at %s (accept_unknown_callers)", ae_title, address
+            )
+        self._callers[assoc] = caller
+        return caller
+
+    # --- event handlers ----------------------------------------------------------------------
+
+    def _on_connection(self, event: Any) -> None:
+        # pynetdicom leaves Nagle on; each C-STORE response then waits ~40 ms for a delayed ACK.
+        sock = getattr(event.assoc.dul.socket, "socket", None)
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_rejected(self, event: Any) -> None:
+        self._callers.pop(event.assoc, None)
+
+    def _on_echo(self, event: Any) -> int:
+        return 0x0000
+
+    def _on_store(self, event: Any) -> Dataset | int:
+        caller = self._callers.get(event.assoc)
+        if caller is None:  # cannot happen after admission; refuse rather than guess
+            return _status(0x0124, "caller not admitted")
+        origin = Origin(
+            source=IngestSource.DIMSE,
+            institution_id=caller.institution_id,
+            ae_title=caller.ae_title,
+            address=caller.address,
+        )
+        requested_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            data = event.encoded_dataset()
+            result = self.hub.archive.ingest(data, origin)
+        except DomainError as exc:
+            status = wire_status(exc)[1]
+            log.warning("C-STORE from %s refused with 0x%04X: %s", caller.ae_title, status, exc)
+            return _status(status, str(exc))
+        except Exception:
+            log.exception("C-STORE from %s failed unexpectedly", caller.ae_title)
+            return _status(0x0110, "processing failure")
+        if requested_uid and result.sop_instance_uid != requested_uid:
+            # The dataset is stored (it is whole and valid); the sender's command disagreed.
+            log.warning(
+                "C-STORE from %s: command and dataset SOP Instance UIDs differ", caller.ae_title
+            )
+        return 0x0000
+
+
+def _status(code: int, comment: str) -> Dataset:
+    """A status with an Error Comment (LO, 64 characters) so the sender sees why."""
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    return ds

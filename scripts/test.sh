@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Run the whole test suite: lint, then pytest against a real S3 server, SQLite and PostgreSQL,
+# and real DICOM peers. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+
+export TELEHEALTH_TEST_POSTGRES_URL=${TELEHEALTH_TEST_POSTGRES_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/test}
+# PostgreSQL runs on developer machines and CI here; start it if it was stopped.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && command -v pg_ctlcluster >/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+
+.venv/bin/ruff check .
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,1 @@
+"""signaling: arrives with its issue."""

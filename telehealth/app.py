@@ -1,0 +1,58 @@
+"""The HTTP application: routers, one error handler, health."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse
+
+from telehealth.archive.api import router as archive_router
+from telehealth.auth.api import router as auth_router
+from telehealth.errors import DomainError, wire_status
+from telehealth.hub import Hub
+from telehealth.institutions.api import router as institutions_router
+
+log = logging.getLogger(__name__)
+
+
+def create_app(hub: Hub) -> FastAPI:
+    app = FastAPI(
+        title="Telehealth hub",
+        version="0.1.0",
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.state.hub = hub
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
+    if hub.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=hub.settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+
+    @app.exception_handler(DomainError)
+    async def domain_error(request: Request, exc: DomainError) -> JSONResponse:
+        status = wire_status(exc)[0]
+        if status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(
+            {"detail": str(exc), "error": type(exc).__name__}, status_code=status, headers=headers
+        )
+
+    @app.get("/api/health", tags=["health"])
+    def health() -> dict[str, object]:
+        """No login: for load balancers and the admin's first look. No patient data here."""
+        return hub.health()
+
+    app.include_router(auth_router)
+    app.include_router(institutions_router)
+    app.include_router(archive_router)
+    return app

@@ -1,0 +1,222 @@
+"""The one way in (`ingest`) and the one way out (`read_instance`) for instance bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from telehealth.archive.models import IngestSource, Instance, StorageState, Study
+from telehealth.archive.service.header import InstanceHeader, parse_header
+from telehealth.archive.service.index import (
+    IndexOutcome,
+    Origin,
+    StoredCopy,
+    index_instance,
+)
+from telehealth.archive.service.spool import Spool
+from telehealth.archive.service.stability import mark_stable_studies
+from telehealth.archive.service.uploader import Uploader, UploadJob
+from telehealth.clock import Clock
+from telehealth.config import DuplicatePolicy
+from telehealth.db import transaction
+from telehealth.errors import NotFound
+from telehealth.events import EventBus, Topic
+from telehealth.storage import ObjectMissing, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class InstanceNotFound(NotFound):
+    """No instance with that SOP Instance UID is indexed."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: IndexOutcome
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+
+
+class Archive:
+    """Receives instances from every source, keeps them durable, and reads them back."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Session],
+        spool: Spool,
+        store: ObjectStore,
+        *,
+        clock: Clock,
+        events: EventBus,
+        duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE,
+        upload_workers: int = 4,
+        upload_retry_seconds: float = 2.0,
+        study_stable_seconds: float = 60.0,
+    ) -> None:
+        self.factory = factory
+        self.spool = spool
+        self.store = store
+        self.clock = clock
+        self.events = events
+        self.duplicate_policy = duplicate_policy
+        self.study_stable_seconds = study_stable_seconds
+        self.uploader = Uploader(
+            factory,
+            spool,
+            store,
+            clock,
+            workers=upload_workers,
+            retry_seconds=upload_retry_seconds,
+        )
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover the spool, start uploads and the study-stable watcher."""
+        from telehealth.archive.service.recovery import recover_spool
+
+        recover_spool(self)
+        self.uploader.start()
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name="study-stable", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self.uploader.stop()
+
+    # --- the one way in ----------------------------------------------------------------------
+
+    def ingest(self, data: bytes, origin: Origin) -> IngestResult:
+        """Keep a received Part 10 instance: spool (synced), index, queue its upload.
+
+        Returns only once the bytes are on disk and indexed, so the caller may answer
+        Success. Raises MalformedInstance/MissingIdentifier (Invalid), SpoolFull/
+        DatabaseUnavailable (Overloaded), StudyOwnedElsewhere, DuplicateRejected; on any
+        error nothing is left behind.
+        """
+        header = parse_header(data)
+        copy = StoredCopy(
+            self.spool.write(data, origin.institution_id),
+            hashlib.sha256(data).hexdigest(),
+            len(data),
+        )
+        try:
+            outcome, key = self._index(header, origin, copy)
+        except BaseException:
+            self.spool.remove(copy.spool_name)
+            raise
+        if outcome == IndexOutcome.DUPLICATE:
+            self.spool.remove(copy.spool_name)
+        else:
+            self.uploader.enqueue(UploadJob(copy.spool_name, key))
+            self.events.publish(
+                Topic.INSTANCE_STORED,
+                {
+                    "sop_instance_uid": header.sop_instance_uid,
+                    "study_instance_uid": header.study_instance_uid,
+                    "institution_id": origin.institution_id,
+                },
+            )
+        return IngestResult(
+            outcome=outcome,
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+        )
+
+    def _index(
+        self, header: InstanceHeader, origin: Origin, copy: StoredCopy
+    ) -> tuple[IndexOutcome, str]:
+        # Two associations may create the same new study at once; on PostgreSQL one of them
+        # then hits a unique constraint and simply tries again, finding the other's rows.
+        for attempt in range(3):
+            try:
+                with transaction(self.factory) as session:
+                    outcome, instance = index_instance(
+                        session,
+                        header,
+                        origin,
+                        copy,
+                        now=self.clock.now(),
+                        policy=self.duplicate_policy,
+                    )
+                    return outcome, instance.object_key
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- the one way out ---------------------------------------------------------------------
+
+    def read_instance(self, session: Session, sop_instance_uid: str) -> bytes:
+        """The bytes of an instance, from the spool or the object store, wherever they are.
+
+        Raises InstanceNotFound, StoreUnavailable.
+        """
+        for _ in range(3):
+            row = session.execute(
+                select(Instance.state, Instance.spool_name, Instance.object_key).where(
+                    Instance.sop_instance_uid == sop_instance_uid
+                )
+            ).first()
+            if row is None:
+                raise InstanceNotFound(f"no instance {sop_instance_uid}")
+            state, spool_name, key = row
+            if state == StorageState.SPOOLED and spool_name:
+                try:
+                    return self.spool.read(spool_name)
+                except FileNotFoundError:
+                    session.expire_all()  # the uploader moved it meanwhile; look again
+                    session.rollback()
+                    continue
+            try:
+                return self.store.get_bytes(key)
+            except ObjectMissing:
+                session.rollback()
+                continue
+        raise InstanceNotFound(f"instance {sop_instance_uid} is indexed but its bytes are missing")
+
+    # --- study stable ------------------------------------------------------------------------
+
+    def check_stable_studies(self) -> list[Study]:
+        """Mark and announce studies that received nothing for the quiet period."""
+        with transaction(self.factory) as session:
+            studies = mark_stable_studies(
+                session, now=self.clock.now(), quiet_seconds=self.study_stable_seconds
+            )
+        for study in studies:
+            self.events.publish(
+                Topic.STUDY_STABLE,
+                {
+                    "study_instance_uid": study.study_instance_uid,
+                    "institution_id": study.institution_id,
+                    "num_instances": study.num_instances,
+                },
+            )
+        return studies
+
+    def _watch(self) -> None:
+        interval = max(0.5, min(5.0, self.study_stable_seconds / 4))
+        while not self._stop.wait(interval):
+            try:
+                self.check_stable_studies()
+            except Exception:
+                log.exception("study-stable check failed; will try again")
+
+
+def internal_origin(institution_id: int) -> Origin:
+    return Origin(source=IngestSource.INTERNAL, institution_id=institution_id)

@@ -1,0 +1,247 @@
+"""Index one received instance: patient, study, series and instance rows in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from telehealth.archive.models import (
+    IngestSource,
+    Instance,
+    Patient,
+    Series,
+    StorageState,
+    Study,
+    SupersededObject,
+)
+from telehealth.archive.service.header import InstanceHeader
+from telehealth.config import DuplicatePolicy
+from telehealth.errors import Conflict, Forbidden
+
+
+class StudyOwnedElsewhere(Forbidden):
+    """The study belongs to another institution; one clinic cannot add to another's study."""
+
+
+class DuplicateRejected(Conflict):
+    """The SOP Instance UID is already stored with other bytes and the policy is `reject`."""
+
+
+class IndexOutcome(StrEnum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same UID, same bytes: nothing changes
+    REPLACED = "replaced"  # same UID, new bytes: the old version is kept as superseded
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who sent an instance and over what path; the institution owns what it sends."""
+
+    source: IngestSource
+    institution_id: int
+    ae_title: str = ""
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class StoredCopy:
+    """Where the bytes of a received instance are right now."""
+
+    spool_name: str
+    sha256: str
+    size: int
+
+
+def object_key(sop_instance_uid: str, sha256: str) -> str:
+    """Keys are per version, so a replace never overwrites the bytes it supersedes."""
+    return f"dicom/{sop_instance_uid}/{sha256}.dcm"
+
+
+def index_instance(
+    session: Session,
+    header: InstanceHeader,
+    origin: Origin,
+    copy: StoredCopy,
+    *,
+    now: datetime,
+    policy: DuplicatePolicy,
+) -> tuple[IndexOutcome, Instance]:
+    """Record a spooled instance in the index.
+
+    Raises StudyOwnedElsewhere, DuplicateRejected.
+    """
+    existing = session.scalar(
+        select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
+    )
+    if existing is not None and existing.sha256 == copy.sha256:
+        return IndexOutcome.DUPLICATE, existing
+    if existing is not None and policy == DuplicatePolicy.REJECT:
+        raise DuplicateRejected(
+            f"SOP Instance {header.sop_instance_uid} is already stored with different content"
+        )
+
+    study = _study_for(session, header, origin, now)
+    series, new_series = _series_for(session, header, study)
+    if existing is None:
+        instance = Instance(sop_instance_uid=header.sop_instance_uid, series_pk=series.id)
+        session.add(instance)
+        _fill(instance, header, origin, copy, now)
+        series.num_instances += 1
+        study.num_instances += 1
+        study.num_series += int(new_series)
+        study.size_bytes += copy.size
+        session.flush()
+        return IndexOutcome.NEW, instance
+
+    session.add(
+        SupersededObject(
+            sop_instance_uid=existing.sop_instance_uid,
+            sha256=existing.sha256,
+            object_key=existing.object_key,
+            size_bytes=existing.size_bytes,
+            state=existing.state,
+            spool_name=existing.spool_name,
+            superseded_at=now,
+        )
+    )
+    old_series_pk = existing.series_pk
+    existing.series_pk = series.id
+    _fill(existing, header, origin, copy, now)
+    session.flush()
+    old_study_pk = session.scalar(select(Series.study_pk).where(Series.id == old_series_pk))
+    _recount(session, {study.id, old_study_pk} - {None})
+    return IndexOutcome.REPLACED, existing
+
+
+def _fill(
+    instance: Instance, header: InstanceHeader, origin: Origin, copy: StoredCopy, now: datetime
+) -> None:
+    instance.sop_class_uid = header.sop_class_uid
+    instance.transfer_syntax_uid = header.transfer_syntax_uid
+    instance.instance_number = header.instance_number
+    instance.number_of_frames = header.number_of_frames
+    instance.size_bytes = copy.size
+    instance.sha256 = copy.sha256
+    instance.object_key = object_key(header.sop_instance_uid, copy.sha256)
+    instance.state = StorageState.SPOOLED
+    instance.spool_name = copy.spool_name
+    instance.source = origin.source
+    instance.source_ae = origin.ae_title
+    instance.source_address = origin.address
+    instance.received_at = now
+    instance.stored_at = None
+
+
+def _study_for(session: Session, header: InstanceHeader, origin: Origin, now: datetime) -> Study:
+    study = session.scalar(
+        select(Study).where(Study.study_instance_uid == header.study_instance_uid)
+    )
+    if study is not None:
+        if study.institution_id != origin.institution_id and origin.source not in (
+            IngestSource.INTERNAL,
+            IngestSource.RECOVERY,
+        ):
+            raise StudyOwnedElsewhere(
+                f"study {header.study_instance_uid} belongs to another institution"
+            )
+        study.last_received_at = now
+        study.stable_at = None
+        if header.modality and header.modality not in study.modalities.split("\\"):
+            study.modalities = "\\".join(filter(None, [study.modalities, header.modality]))[:64]
+        return study
+    patient = _patient_for(session, header, origin)
+    study = Study(
+        study_instance_uid=header.study_instance_uid,
+        patient_pk=patient.id,
+        institution_id=origin.institution_id,
+        study_date=header.study_date,
+        study_time=header.study_time,
+        accession_number=header.accession_number,
+        description=header.study_description,
+        referring_physician=header.referring_physician,
+        modalities=header.modality,
+        num_series=0,
+        num_instances=0,
+        size_bytes=0,
+        first_received_at=now,
+        last_received_at=now,
+    )
+    session.add(study)
+    session.flush()
+    return study
+
+
+def _patient_for(session: Session, header: InstanceHeader, origin: Origin) -> Patient:
+    # Patient IDs are local to the issuer. An empty ID must not merge strangers into one
+    # record, so such a patient is kept per study.
+    patient_id = header.patient_id or f"~{header.study_instance_uid}"
+    patient = session.scalar(
+        select(Patient).where(
+            Patient.issuer_id == origin.institution_id, Patient.patient_id == patient_id
+        )
+    )
+    if patient is None:
+        patient = Patient(
+            issuer_id=origin.institution_id,
+            patient_id=patient_id,
+            name=header.patient_name,
+            birth_date=header.patient_birth_date,
+            sex=header.patient_sex,
+        )
+        session.add(patient)
+        session.flush()
+    elif header.patient_name and header.patient_name != patient.name:
+        patient.name = header.patient_name  # the newest demographics win, as in a PACS
+    return patient
+
+
+def _series_for(session: Session, header: InstanceHeader, study: Study) -> tuple[Series, bool]:
+    series = session.scalar(
+        select(Series).where(Series.series_instance_uid == header.series_instance_uid)
+    )
+    if series is not None:
+        return series, False
+    series = Series(
+        series_instance_uid=header.series_instance_uid,
+        study_pk=study.id,
+        modality=header.modality,
+        series_number=header.series_number,
+        description=header.series_description,
+        body_part=header.body_part,
+        num_instances=0,
+    )
+    session.add(series)
+    session.flush()
+    return series, True
+
+
+def _recount(session: Session, study_pks: set[int]) -> None:
+    """Recompute counters after an instance moved between series or studies (rare)."""
+    for study_pk in study_pks:
+        series_pks = list(session.scalars(select(Series.id).where(Series.study_pk == study_pk)))
+        for series_pk in series_pks:
+            count = session.scalar(
+                select(func.count()).select_from(Instance).where(Instance.series_pk == series_pk)
+            )
+            session.execute(
+                update(Series).where(Series.id == series_pk).values(num_instances=count)
+            )
+        totals = session.execute(
+            select(func.count(), func.coalesce(func.sum(Instance.size_bytes), 0))
+            .join(Series, Instance.series_pk == Series.id)
+            .where(Series.study_pk == study_pk)
+        ).one()
+        nonempty = session.scalar(
+            select(func.count())
+            .select_from(Series)
+            .where(Series.study_pk == study_pk, Series.num_instances > 0)
+        )
+        session.execute(
+            update(Study)
+            .where(Study.id == study_pk)
+            .values(num_instances=totals[0], size_bytes=totals[1], num_series=nonempty)
+        )

@@ -1,0 +1,107 @@
+"""Finding studies, always within what the actor may see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from telehealth.archive.models import Patient, Study
+from telehealth.auth import service as auth
+from telehealth.auth.models import AuditOutcome
+from telehealth.errors import NotFound
+
+
+class StudyNotFound(NotFound):
+    """No such study, or not one the actor may see (the two are not told apart)."""
+
+
+@dataclass(frozen=True)
+class StudyFilter:
+    patient_id: str | None = None
+    patient_name: str | None = None  # substring, case-insensitive
+    date_from: str | None = None  # YYYYMMDD, inclusive
+    date_to: str | None = None
+    modality: str | None = None
+    institution_id: int | None = None
+    accession_number: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    total: int
+    rows: list[tuple[Study, Patient]]
+
+
+def _scoped(query: Select, visible: set[int] | None) -> Select:  # type: ignore[type-arg]
+    return query if visible is None else query.where(Study.institution_id.in_(visible))
+
+
+def list_studies(
+    session: Session, actor: auth.Actor, filters: StudyFilter, *, limit: int, offset: int
+) -> StudyPage:
+    """Studies matching the filters that the actor may see, newest first; audited."""
+    auth.require(actor, auth.Permission.VIEW_STUDIES)
+    visible = auth.visible_institutions(session, actor)
+    query = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+    query = _scoped(query, visible)
+    if filters.patient_id:
+        query = query.where(Patient.patient_id == filters.patient_id)
+    if filters.patient_name:
+        pattern = "%" + filters.patient_name.replace("%", r"\%").replace("_", r"\_") + "%"
+        query = query.where(Patient.name.ilike(pattern, escape="\\"))
+    if filters.date_from:
+        query = query.where(Study.study_date >= filters.date_from)
+    if filters.date_to:
+        query = query.where(Study.study_date <= filters.date_to)
+    if filters.modality:
+        # Modalities are stored "CT\SR"; match a whole code, not a substring of another.
+        m = filters.modality.upper()
+        query = query.where(
+            (Study.modalities == m)
+            | Study.modalities.like(f"{m}\\%")
+            | Study.modalities.like(f"%\\{m}")
+            | Study.modalities.like(f"%\\{m}\\%")
+        )
+    if filters.institution_id is not None:
+        query = query.where(Study.institution_id == filters.institution_id)
+    if filters.accession_number:
+        query = query.where(Study.accession_number == filters.accession_number)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit).offset(offset)
+    ).all()
+    auth.audit(
+        session,
+        actor,
+        "study.list",
+        object_type="study",
+        detail=f"{len(rows)} of {total} studies",
+    )
+    return StudyPage(total=total, rows=[(s, p) for s, p in rows])
+
+
+def get_study(
+    session: Session, actor: auth.Actor, study_instance_uid: str
+) -> tuple[Study, Patient]:
+    """Raises StudyNotFound for a missing study and for one outside the actor's scope."""
+    auth.require(actor, auth.Permission.VIEW_STUDIES)
+    visible = auth.visible_institutions(session, actor)
+    row = session.execute(
+        select(Study, Patient)
+        .join(Patient, Study.patient_pk == Patient.id)
+        .where(Study.study_instance_uid == study_instance_uid)
+    ).first()
+    if row is None or (visible is not None and row[0].institution_id not in visible):
+        auth.audit(
+            session,
+            actor,
+            "study.read",
+            outcome=AuditOutcome.DENIED if row is not None else AuditOutcome.FAILED,
+            object_type="study",
+            object_id=study_instance_uid,
+        )
+        raise StudyNotFound(f"no study {study_instance_uid}")
+    auth.audit(session, actor, "study.read", object_type="study", object_id=study_instance_uid)
+    return row[0], row[1]

@@ -1,0 +1,234 @@
+"""`telehealth`: run the hub and administer the consortium from a shell."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from telehealth.auth import service as auth
+from telehealth.auth.models import Role
+from telehealth.config import Settings
+from telehealth.db import create_db_engine, make_session_factory, migrate, transaction
+from telehealth.errors import DomainError
+from telehealth.institutions import service as institutions
+from telehealth.institutions.models import InstitutionLevel
+
+app = typer.Typer(
+    help="Telehealth hub for county medical consortia (医共体).", no_args_is_help=True
+)
+institution_app = typer.Typer(help="Institutions of the consortium tree.", no_args_is_help=True)
+user_app = typer.Typer(help="Users and their roles.", no_args_is_help=True)
+ae_app = typer.Typer(help="AE titles of member institutions' modalities.", no_args_is_help=True)
+app.add_typer(institution_app, name="institution")
+app.add_typer(user_app, name="user")
+app.add_typer(ae_app, name="ae")
+console = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data folder (default: $TELEHEALTH_DATA_DIR or ./data)"),
+]
+
+
+def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)
+
+
+def _factory(settings: Settings):  # type: ignore[no-untyped-def]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(settings.resolved_database_url())
+    migrate(engine)
+    return make_session_factory(engine)
+
+
+def _fail(exc: DomainError) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    http_port: Annotated[int | None, typer.Option(help="HTTP port (default 8042)")] = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM port (default 11112)")] = None,
+    ae_title: Annotated[str | None, typer.Option(help="The hub's AE title")] = None,
+    http_host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
+    dicom_host: Annotated[str | None, typer.Option(help="DICOM bind address")] = None,
+) -> None:
+    """Run everything: HTTP API, DICOM node, uploads; embedded S3 and SQLite by default."""
+    import uvicorn
+
+    from telehealth.app import create_app
+    from telehealth.hub import Hub
+
+    settings = _settings(
+        data_dir,
+        http_port=http_port,
+        dicom_port=dicom_port,
+        ae_title=ae_title,
+        http_host=http_host,
+        dicom_host=dicom_host,
+    )
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    hub = Hub(settings)
+    try:
+        hub.open()
+        hub.start()
+        config = uvicorn.Config(
+            create_app(hub),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level=settings.log_level.lower(),
+            access_log=False,  # URLs carry patient IDs in filters; keep them out of logs
+        )
+        # uvicorn handles SIGTERM and SIGINT: it stops accepting, finishes requests, returns.
+        uvicorn.Server(config).run()
+    finally:
+        hub.close()
+
+
+@app.command("migrate")
+def migrate_command(data_dir: DataDir = None) -> None:
+    """Bring the database schema to the newest version."""
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(create_db_engine(settings.resolved_database_url()))
+    console.print("database is up to date")
+
+
+@app.command()
+def fsck(
+    data_dir: DataDir = None,
+    deep: Annotated[bool, typer.Option(help="Read every object back and compare SHA-256")] = False,
+) -> None:
+    """Check the index and storage agree; exit 1 on any disagreement."""
+    from telehealth.archive.service import fsck as run_fsck
+    from telehealth.hub import Hub
+
+    hub = Hub(_settings(data_dir)).open()
+    try:
+        with transaction(hub.factory) as session:
+            report = run_fsck(session, hub.spool, hub.store, deep=deep)
+    finally:
+        hub.close()
+    console.print(
+        f"instances={report.instances} stored={report.stored} spooled={report.spooled} "
+        f"superseded={report.superseded} problems={len(report.problems)} "
+        f"quarantined={len(report.quarantined)}"
+    )
+    for problem in report.problems:
+        console.print(f"[red]problem:[/red] {problem}")
+    for name in report.quarantined:
+        console.print(f"[yellow]quarantined:[/yellow] {name} (unreadable, kept for inspection)")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@institution_app.command("add")
+def institution_add(
+    code: str,
+    name: Annotated[str, typer.Option(help="Display name, e.g. 城关镇卫生院")],
+    parent: Annotated[str | None, typer.Option(help="Code of the parent institution")] = None,
+    level: Annotated[InstitutionLevel, typer.Option(help="Place in the tree")] = (
+        InstitutionLevel.TOWNSHIP
+    ),
+    data_dir: DataDir = None,
+) -> None:
+    try:
+        with transaction(_factory(_settings(data_dir))) as session:
+            institution = institutions.add_institution(
+                session, code=code, name=name, level=level, parent_code=parent
+            )
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"institution {institution.code} added (id {institution.id})")
+
+
+@institution_app.command("list")
+def institution_list(data_dir: DataDir = None) -> None:
+    with transaction(_factory(_settings(data_dir))) as session:
+        rows = institutions.list_institutions(session)
+        by_id = {i.id: i.code for i in rows}
+        table = Table("id", "code", "name", "level", "parent")
+        for i in rows:
+            table.add_row(str(i.id), i.code, i.name, i.level, by_id.get(i.parent_id or -1, ""))
+    console.print(table)
+
+
+@user_app.command("add")
+def user_add(
+    username: str,
+    role: Annotated[Role, typer.Option(help="technician, specialist, consult_doctor or admin")],
+    institution: Annotated[str, typer.Option(help="Institution code")],
+    display_name: Annotated[str, typer.Option(help="Name shown in the app")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    """Add a user; the password is read from standard input, or asked for at a terminal."""
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    try:
+        with transaction(_factory(_settings(data_dir))) as session:
+            user = auth.create_user(
+                session,
+                username=username,
+                password=password,
+                role=role,
+                institution_code=institution,
+                display_name=display_name,
+            )
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"user {user.username} added as {user.role}")
+
+
+@ae_app.command("add")
+def ae_add(
+    ae_title: str,
+    institution: Annotated[str, typer.Option(help="Institution code")],
+    host: Annotated[str | None, typer.Option(help="Accept calls only from this address")] = None,
+    port: Annotated[int | None, typer.Option(help="Port for C-MOVE to this AE")] = None,
+    description: Annotated[str, typer.Option(help="e.g. DR room 1")] = "",
+    data_dir: DataDir = None,
+) -> None:
+    try:
+        with transaction(_factory(_settings(data_dir))) as session:
+            entity = institutions.add_application_entity(
+                session,
+                ae_title=ae_title,
+                institution_code=institution,
+                host=host,
+                port=port,
+                description=description,
+            )
+    except DomainError as exc:
+        _fail(exc)
+    console.print(f"AE title {entity.ae_title} registered")
+
+
+@ae_app.command("list")
+def ae_list(data_dir: DataDir = None) -> None:
+    with transaction(_factory(_settings(data_dir))) as session:
+        table = Table("AE title", "institution id", "host", "port", "description")
+        for e in institutions.list_application_entities(session):
+            table.add_row(
+                e.ae_title, str(e.institution_id), e.host or "", str(e.port or ""), e.description
+            )
+    console.print(table)
+
+
+def main() -> None:
+    app()

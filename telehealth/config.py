@@ -1,0 +1,89 @@
+"""Settings: environment variables `TELEHEALTH_*`, overridden by CLI flags.
+
+Everything has an embedded default so `telehealth serve` runs on a fresh machine: SQLite and
+the embedded S3 server inside the data folder, every service bound to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with different bytes.
+
+    `replace`: the new bytes become the current version; the old object stays in the store
+    (recorded as superseded) so nothing is lost. A modality resends after a correction, so this
+    is the default. `reject`: the new bytes are refused with a failure status.
+    """
+
+    REPLACE = "replace"
+    REJECT = "reject"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TELEHEALTH_", extra="ignore")
+
+    data_dir: Path = Path("data")
+
+    # Database: SQLite file in the data folder unless a URL is given
+    # (e.g. postgresql+psycopg://user@127.0.0.1:5432/telehealth).
+    database_url: str | None = None
+
+    # Object store: the embedded S3 server unless an endpoint is given (host:port).
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "telehealth"
+    s3_secure: bool = False
+    s3_region: str | None = None
+    s3_timeout_seconds: float = 10.0
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8042
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    ae_title: str = "TELEHEALTH"
+    # Refuse associations from AE titles nobody registered; an admin may open the door.
+    accept_unknown_callers: bool = False
+    # Institution code that owns studies from unknown callers when they are accepted.
+    unknown_caller_institution: str | None = None
+    max_associations: int = 16
+    # Largest PDU we accept; big PDUs mean fewer Python round trips per instance.
+    max_pdu_bytes: int = 1_048_576
+    dicom_tls_cert: Path | None = None
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None  # when set, callers must present a certificate it signed
+
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
+    # Refuse new instances (Out of Resources) when the spool disk has less than this free.
+    spool_min_free_bytes: int = 512 * 1024 * 1024
+    upload_workers: int = 4
+    upload_retry_seconds: float = 2.0
+    study_stable_seconds: float = 60.0
+    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+
+    # Signing key for bearer tokens; generated into the data folder when not set.
+    secret_key: str | None = None
+    token_ttl_minutes: int = 12 * 60
+    cookie_secure: bool = False
+    cors_origins: list[str] = Field(default_factory=list)
+
+    log_level: str = "INFO"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def s3_dir(self) -> Path:
+        return self.data_dir / "s3"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'telehealth.db').resolve()}"

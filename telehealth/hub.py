@@ -1,0 +1,141 @@
+"""The assembled hub: settings → database, object store, spool, archive, DICOM node.
+
+`telehealth serve` opens one Hub and runs the HTTP app around it; tests open one per test
+against a real S3 server and a real database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from telehealth.archive.service import Archive, Spool
+from telehealth.auth import service as auth
+from telehealth.clock import SYSTEM_CLOCK, Clock
+from telehealth.config import Settings
+from telehealth.db import create_db_engine, make_session_factory, migrate, ping
+from telehealth.events import EventBus
+from telehealth.storage import EmbeddedS3, ObjectStore, S3Endpoint
+
+if TYPE_CHECKING:
+    from dicom_node.server import DicomNode
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.events = EventBus()
+        self.embedded_s3: EmbeddedS3 | None = None
+        self.engine: Engine
+        self.factory: sessionmaker[Session]
+        self.store: ObjectStore
+        self.spool: Spool
+        self.archive: Archive
+        self.dicom_node: DicomNode | None = None
+        self.secret: str
+        self.token_ttl = timedelta(minutes=settings.token_ttl_minutes)
+
+    def open(self, *, run_migrations: bool = True) -> Hub:
+        """Connect to (or start) everything the hub needs; no background work yet."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secret = settings.secret_key or auth.load_or_create_secret(settings.data_dir)
+        self.engine = create_db_engine(settings.resolved_database_url())
+        if run_migrations:
+            migrate(self.engine)
+        self.factory = make_session_factory(self.engine)
+        self.store = ObjectStore(
+            self._s3_endpoint(), settings.s3_bucket, timeout=settings.s3_timeout_seconds
+        )
+        self.store.ensure_bucket()
+        self.spool = Spool(settings.spool_dir, min_free_bytes=settings.spool_min_free_bytes)
+        self.archive = Archive(
+            self.factory,
+            self.spool,
+            self.store,
+            clock=self.clock,
+            events=self.events,
+            duplicate_policy=settings.duplicate_policy,
+            upload_workers=settings.upload_workers,
+            upload_retry_seconds=settings.upload_retry_seconds,
+            study_stable_seconds=settings.study_stable_seconds,
+        )
+        return self
+
+    def _s3_endpoint(self) -> S3Endpoint:
+        settings = self.settings
+        if settings.s3_endpoint:
+            if not (settings.s3_access_key and settings.s3_secret_key):
+                raise ValueError("TELEHEALTH_S3_ACCESS_KEY and TELEHEALTH_S3_SECRET_KEY are needed")
+            return S3Endpoint(
+                settings.s3_endpoint,
+                settings.s3_access_key,
+                settings.s3_secret_key,
+                secure=settings.s3_secure,
+                region=settings.s3_region,
+            )
+        # Another hub command (serve) may already run the embedded server on this folder.
+        running = self._running_embedded_endpoint()
+        if running is not None:
+            return running
+        self.embedded_s3 = EmbeddedS3(settings.s3_dir)
+        endpoint = self.embedded_s3.start()
+        (settings.s3_dir / "endpoint.json").write_text(json.dumps({"endpoint": endpoint.endpoint}))
+        return endpoint
+
+    def _running_embedded_endpoint(self) -> S3Endpoint | None:
+        path = self.settings.s3_dir / "endpoint.json"
+        creds = self.settings.s3_dir / "credentials.json"
+        if not (path.exists() and creds.exists()):
+            return None
+        endpoint = json.loads(path.read_text())["endpoint"]
+        keys = json.loads(creds.read_text())
+        candidate = S3Endpoint(endpoint, keys["access_key"], keys["secret_key"])
+        probe = ObjectStore(candidate, self.settings.s3_bucket, timeout=2.0)
+        return candidate if probe.is_up() else None
+
+    def start(self, *, dicom: bool = True) -> None:
+        """Start background work: spool recovery, uploads, study-stable watcher, DICOM node."""
+        self.archive.start()
+        if dicom:
+            from dicom_node.server import DicomNode
+
+            self.dicom_node = DicomNode(self)
+            self.dicom_node.start()
+
+    def close(self) -> None:
+        if self.dicom_node is not None:
+            self.dicom_node.stop()
+            self.dicom_node = None
+        if hasattr(self, "archive"):
+            self.archive.stop()
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+        if self.embedded_s3 is not None:
+            self.embedded_s3.stop()
+            (self.settings.s3_dir / "endpoint.json").unlink(missing_ok=True)
+            self.embedded_s3 = None
+
+    def health(self) -> dict[str, object]:
+        database = ping(self.engine)
+        store = self.store.is_up()
+        node = self.dicom_node
+        return {
+            "status": "ok" if database and store else "degraded",
+            "database": database,
+            "object_store": store,
+            "spool_backlog": self.archive.uploader.backlog,
+            "dicom_node": {
+                "listening": bool(node and node.is_listening),
+                "ae_title": self.settings.ae_title,
+                "port": node.port if node else None,
+            },
+        }

@@ -1,0 +1,164 @@
+"""The consortium tree and which DICOM callers belong to which member."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from telehealth.clock import SYSTEM_CLOCK, Clock
+from telehealth.errors import Conflict, Forbidden, Invalid, NotFound
+from telehealth.institutions.models import ApplicationEntity, Institution, InstitutionLevel
+
+
+class InstitutionNotFound(NotFound): ...
+
+
+class InstitutionExists(Conflict): ...
+
+
+class AeTitleExists(Conflict): ...
+
+
+class InvalidAeTitle(Invalid): ...
+
+
+class CallerRefused(Forbidden):
+    """A DICOM caller is not registered, or calls from an address it is not tied to."""
+
+
+def get_institution(session: Session, code: str) -> Institution:
+    institution = session.scalar(select(Institution).where(Institution.code == code))
+    if institution is None:
+        raise InstitutionNotFound(f"no institution {code}")
+    return institution
+
+
+def list_institutions(session: Session) -> list[Institution]:
+    return list(session.scalars(select(Institution).order_by(Institution.id)))
+
+
+def add_institution(
+    session: Session,
+    *,
+    code: str,
+    name: str,
+    level: InstitutionLevel,
+    parent_code: str | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> Institution:
+    """Raises InstitutionExists, InstitutionNotFound (parent)."""
+    code = code.strip()
+    if not code or len(code) > 64:
+        raise Invalid("institution code must have 1 to 64 characters")
+    if session.scalar(select(Institution.id).where(Institution.code == code)) is not None:
+        raise InstitutionExists(f"institution {code} already exists")
+    parent = get_institution(session, parent_code) if parent_code else None
+    institution = Institution(
+        code=code,
+        name=name,
+        level=InstitutionLevel(level),
+        parent_id=parent.id if parent else None,
+        created_at=clock.now(),
+    )
+    session.add(institution)
+    session.flush()
+    return institution
+
+
+def subtree_ids(session: Session, institution_id: int) -> set[int]:
+    """The institution and every institution below it in the consortium tree."""
+    children: dict[int | None, list[int]] = {}
+    for child_id, parent_id in session.execute(select(Institution.id, Institution.parent_id)):
+        children.setdefault(parent_id, []).append(child_id)
+    found = {institution_id}
+    frontier = [institution_id]
+    while frontier:
+        for child in children.get(frontier.pop(), []):
+            if child not in found:  # a cycle cannot loop us forever
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def normalise_ae_title(ae_title: str) -> str:
+    """PS3.5: up to 16 characters, no backslash or control characters; spaces are padding."""
+    title = ae_title.strip()
+    if not title or len(title) > 16 or "\\" in title or any(ord(c) < 32 for c in title):
+        raise InvalidAeTitle(f"invalid AE title {ae_title!r}")
+    return title
+
+
+def add_application_entity(
+    session: Session,
+    *,
+    ae_title: str,
+    institution_code: str,
+    host: str | None = None,
+    port: int | None = None,
+    description: str = "",
+    clock: Clock = SYSTEM_CLOCK,
+) -> ApplicationEntity:
+    """Raises AeTitleExists, InvalidAeTitle, InstitutionNotFound."""
+    title = normalise_ae_title(ae_title)
+    if session.scalar(select(ApplicationEntity.id).where(ApplicationEntity.ae_title == title)):
+        raise AeTitleExists(f"AE title {title} is already registered")
+    institution = get_institution(session, institution_code)
+    entity = ApplicationEntity(
+        ae_title=title,
+        institution_id=institution.id,
+        host=host or None,
+        port=port,
+        description=description,
+        created_at=clock.now(),
+    )
+    session.add(entity)
+    session.flush()
+    return entity
+
+
+def list_application_entities(session: Session) -> list[ApplicationEntity]:
+    return list(session.scalars(select(ApplicationEntity).order_by(ApplicationEntity.ae_title)))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A DICOM caller that may talk to the node, and the institution it acts for."""
+
+    ae_title: str
+    address: str
+    institution_id: int
+    registered: bool
+
+
+def authorize_caller(
+    session: Session,
+    ae_title: str,
+    address: str,
+    *,
+    accept_unknown: bool = False,
+    unknown_institution_code: str | None = None,
+) -> Caller:
+    """Decide whether a calling AE may associate.
+
+    Raises CallerRefused for an unregistered title (unless unknown callers are accepted) and
+    for a registered title calling from an address other than the one it is tied to.
+    """
+    title = ae_title.strip()
+    entity = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == title))
+    if entity is not None:
+        if entity.host and entity.host != address:
+            raise CallerRefused(f"AE title {title} is registered for another host")
+        return Caller(title, address, entity.institution_id, registered=True)
+    if not accept_unknown:
+        raise CallerRefused(f"AE title {title} is not registered")
+    if unknown_institution_code:
+        owner = get_institution(session, unknown_institution_code)
+    else:
+        owner = session.scalar(
+            select(Institution).where(Institution.parent_id.is_(None)).order_by(Institution.id)
+        )
+        if owner is None:
+            raise CallerRefused("no institution to receive studies from unknown callers")
+    return Caller(title, address, owner.id, registered=False)

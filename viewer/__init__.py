@@ -1,0 +1,1 @@
+"""viewer: arrives with its issue."""
