@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -22,7 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from telehealth.archive.models import IngestSource
 from telehealth.archive.service import Origin
 from telehealth.db import transaction
-from telehealth.errors import DomainError, wire_status
+from telehealth.errors import DomainError, Overloaded, wire_status
 from telehealth.institutions.service import Caller, CallerRefused, authorize_caller
 
 if TYPE_CHECKING:
@@ -56,8 +57,7 @@ class _HubAE(AE):
         assoc = threading.current_thread()
         if not isinstance(assoc, Association) or not assoc.is_acceptor:
             return []
-        caller = self._node.admit(assoc)
-        return [] if caller is not None else _REFUSED
+        return [] if self._node.admit(assoc) else _REFUSED
 
     @require_calling_aet.setter
     def require_calling_aet(self, value: list[str]) -> None:
@@ -79,6 +79,8 @@ class DicomNode:
         self.ae.add_supported_context(Verification)
         self._server: ThreadedAssociationServer | None = None
         self._callers: weakref.WeakKeyDictionary[Association, Caller] = weakref.WeakKeyDictionary()
+        # Admitted while the registry could not be read; checked at their next C-STORE.
+        self._unchecked: weakref.WeakSet[Association] = weakref.WeakSet()
 
     @property
     def is_listening(self) -> bool:
@@ -119,33 +121,60 @@ class DicomNode:
 
     # --- association admission ---------------------------------------------------------------
 
-    def admit(self, assoc: Association) -> Caller | None:
-        """Decide once per association whether its caller is allowed; remember who it is."""
-        known = self._callers.get(assoc)
-        if known is not None:
-            return known
+    def admit(self, assoc: Association) -> bool:
+        """Decide once per association whether its caller may associate; remember who it is."""
+        if assoc in self._callers or assoc in self._unchecked:
+            return True
+        ae_title = (assoc.requestor.ae_title or "").strip()
+        try:
+            self._callers[assoc] = self._identify(assoc)
+        except Overloaded as exc:
+            # The registry cannot be read (database down). Refusing now would say "calling AE
+            # title not recognised", a permanent error that sends a technician hunting for a
+            # misconfiguration; admitting and answering each C-STORE "Out of Resources"
+            # until the caller can be checked tells the modality to retry later.
+            log.warning(
+                "admitting AE %r at %s unchecked, registry unavailable: %s",
+                ae_title,
+                assoc.requestor.address,
+                exc,
+            )
+            self._unchecked.add(assoc)
+        except DomainError as exc:
+            log.warning(
+                "refused association from AE %r at %s: %s", ae_title, assoc.requestor.address, exc
+            )
+            return False
+        return True
+
+    def _identify(self, assoc: Association) -> Caller:
+        """Raises CallerRefused, Overloaded (database down)."""
         ae_title = (assoc.requestor.ae_title or "").strip()
         address = assoc.requestor.address
         settings = self.hub.settings
-        try:
-            with transaction(self.hub.factory) as session:
-                caller = authorize_caller(
-                    session,
-                    ae_title,
-                    address,
-                    accept_unknown=settings.accept_unknown_callers,
-                    unknown_institution_code=settings.unknown_caller_institution,
-                )
-        except CallerRefused as exc:
-            log.warning("refused association from AE %r at %s: %s", ae_title, address, exc)
-            return None
-        except DomainError as exc:
-            log.warning("refused association from AE %r at %s: %s", ae_title, address, exc)
-            return None
+        with transaction(self.hub.factory) as session:
+            caller = authorize_caller(
+                session,
+                ae_title,
+                address,
+                accept_unknown=settings.accept_unknown_callers,
+                unknown_institution_code=settings.unknown_caller_institution,
+            )
         if not caller.registered:
             log.info(
                 "accepted unregistered AE %r at %s (accept_unknown_callers)", ae_title, address
             )
+        return caller
+
+    def _caller_for(self, assoc: Association) -> Caller:
+        """The checked caller of an association. Raises CallerRefused, Overloaded."""
+        caller = self._callers.get(assoc)
+        if caller is not None:
+            return caller
+        if assoc not in self._unchecked:
+            raise CallerRefused("caller not admitted")
+        caller = self._identify(assoc)
+        self._unchecked.discard(assoc)
         self._callers[assoc] = caller
         return caller
 
@@ -153,9 +182,14 @@ class DicomNode:
 
     def _on_connection(self, event: Any) -> None:
         # pynetdicom leaves Nagle on; each C-STORE response then waits ~40 ms for a delayed ACK.
-        sock = getattr(event.assoc.dul.socket, "socket", None)
+        assoc_socket = event.assoc.dul.socket
+        sock = getattr(assoc_socket, "socket", None)
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # pynetdicom reads a PDU 4 KiB per recv(); a 128 KiB PDU then costs 32 system calls,
+            # each giving up and re-taking the GIL, which other busy threads (uploads, other
+            # associations) hold for up to the switch interval. Read what the kernel has.
+            assoc_socket.recv = _reader(sock)
 
     def _on_rejected(self, event: Any) -> None:
         self._callers.pop(event.assoc, None)
@@ -164,9 +198,10 @@ class DicomNode:
         return 0x0000
 
     def _on_store(self, event: Any) -> Dataset | int:
-        caller = self._callers.get(event.assoc)
-        if caller is None:  # cannot happen after admission; refuse rather than guess
-            return _status(0x0124, "caller not admitted")
+        try:
+            caller = self._caller_for(event.assoc)
+        except DomainError as exc:
+            return _status(wire_status(exc)[1], str(exc))
         origin = Origin(
             source=IngestSource.DIMSE,
             institution_id=caller.institution_id,
@@ -190,6 +225,27 @@ class DicomNode:
                 "C-STORE from %s: command and dataset SOP Instance UIDs differ", caller.ae_title
             )
         return 0x0000
+
+
+def _reader(sock: socket.socket) -> Callable[[int], bytearray]:
+    """AssociationSocket.recv with large reads: block until `nr_bytes` are read or the peer
+    closes (then return what was read), like pynetdicom's own."""
+
+    def recv(nr_bytes: int) -> bytearray:
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        nr_read = 0
+        while nr_read < nr_bytes:
+            got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+            if not got:
+                break
+            nr_read += got
+        view.release()
+        if nr_read < nr_bytes:
+            del buffer[nr_read:]
+        return buffer
+
+    return recv
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from telehealth.auth import service as auth
 from telehealth.auth.models import Role
@@ -44,16 +48,21 @@ def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def _factory(settings: Settings):  # type: ignore[no-untyped-def]
+@contextmanager
+def _admin_session(data_dir: Path | None) -> Iterator[Session]:
+    """A migrated database session for one admin command; a domain error exits 1 with it."""
+    settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_db_engine(settings.resolved_database_url())
-    migrate(engine)
-    return make_session_factory(engine)
-
-
-def _fail(exc: DomainError) -> None:
-    err.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1)
+    try:
+        migrate(engine)
+        with transaction(make_session_factory(engine)) as session:
+            yield session
+    except DomainError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
 
 
 @app.command()
@@ -93,7 +102,10 @@ def serve(
             log_level=settings.log_level.lower(),
             access_log=False,  # URLs carry patient IDs in filters; keep them out of logs
         )
-        # uvicorn handles SIGTERM and SIGINT: it stops accepting, finishes requests, returns.
+        # uvicorn handles SIGTERM: it stops accepting, finishes requests, then re-raises the
+        # signal to the handler that was there before. With Python's default handler that
+        # kills us before `hub.close()`; an empty handler lets the cleanup below run.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.Server(config).run()
     finally:
         hub.close()
@@ -146,19 +158,16 @@ def institution_add(
     ),
     data_dir: DataDir = None,
 ) -> None:
-    try:
-        with transaction(_factory(_settings(data_dir))) as session:
-            institution = institutions.add_institution(
-                session, code=code, name=name, level=level, parent_code=parent
-            )
-    except DomainError as exc:
-        _fail(exc)
+    with _admin_session(data_dir) as session:
+        institution = institutions.add_institution(
+            session, code=code, name=name, level=level, parent_code=parent
+        )
     console.print(f"institution {institution.code} added (id {institution.id})")
 
 
 @institution_app.command("list")
 def institution_list(data_dir: DataDir = None) -> None:
-    with transaction(_factory(_settings(data_dir))) as session:
+    with _admin_session(data_dir) as session:
         rows = institutions.list_institutions(session)
         by_id = {i.id: i.code for i in rows}
         table = Table("id", "code", "name", "level", "parent")
@@ -180,18 +189,15 @@ def user_add(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    try:
-        with transaction(_factory(_settings(data_dir))) as session:
-            user = auth.create_user(
-                session,
-                username=username,
-                password=password,
-                role=role,
-                institution_code=institution,
-                display_name=display_name,
-            )
-    except DomainError as exc:
-        _fail(exc)
+    with _admin_session(data_dir) as session:
+        user = auth.create_user(
+            session,
+            username=username,
+            password=password,
+            role=role,
+            institution_code=institution,
+            display_name=display_name,
+        )
     console.print(f"user {user.username} added as {user.role}")
 
 
@@ -204,24 +210,21 @@ def ae_add(
     description: Annotated[str, typer.Option(help="e.g. DR room 1")] = "",
     data_dir: DataDir = None,
 ) -> None:
-    try:
-        with transaction(_factory(_settings(data_dir))) as session:
-            entity = institutions.add_application_entity(
-                session,
-                ae_title=ae_title,
-                institution_code=institution,
-                host=host,
-                port=port,
-                description=description,
-            )
-    except DomainError as exc:
-        _fail(exc)
+    with _admin_session(data_dir) as session:
+        entity = institutions.add_application_entity(
+            session,
+            ae_title=ae_title,
+            institution_code=institution,
+            host=host,
+            port=port,
+            description=description,
+        )
     console.print(f"AE title {entity.ae_title} registered")
 
 
 @ae_app.command("list")
 def ae_list(data_dir: DataDir = None) -> None:
-    with transaction(_factory(_settings(data_dir))) as session:
+    with _admin_session(data_dir) as session:
         table = Table("AE title", "institution id", "host", "port", "description")
         for e in institutions.list_application_entities(session):
             table.add_row(

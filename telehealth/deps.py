@@ -52,3 +52,18 @@ def get_actor(request: Request, hub: HubDep, session: SessionDep) -> auth.Actor:
 
 
 CurrentActor = Annotated[auth.Actor, Depends(get_actor)]
+
+
+def get_actor_outside_request_session(request: Request, hub: HubDep) -> auth.Actor:
+    """The logged-in user, checked in a short transaction that ends before the route runs.
+
+    For routes that write through a unit of work of their own (an upload calls
+    archive.ingest): on SQLite every transaction takes the write lock (BEGIN IMMEDIATE), so
+    holding the request's session during ingest would wait out busy_timeout and fail.
+    Raises BadToken.
+    """
+    with transaction(hub.factory) as session:
+        return get_actor(request, hub, session)
+
+
+ActorOutsideSession = Annotated[auth.Actor, Depends(get_actor_outside_request_session)]

@@ -99,7 +99,7 @@ class Hub:
         endpoint = json.loads(path.read_text())["endpoint"]
         keys = json.loads(creds.read_text())
         candidate = S3Endpoint(endpoint, keys["access_key"], keys["secret_key"])
-        probe = ObjectStore(candidate, self.settings.s3_bucket, timeout=2.0)
+        probe = ObjectStore(candidate, self.settings.s3_bucket, timeout=2.0, retries=0)
         return candidate if probe.is_up() else None
 
     def start(self, *, dicom: bool = True) -> None:

@@ -6,6 +6,7 @@ child process bound to 127.0.0.1 with credentials generated into the data folder
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -63,13 +64,17 @@ class ObjectStore:
     store that is down must fail fast so the spool takes over, hence our own pool.
     """
 
-    def __init__(self, endpoint: S3Endpoint, bucket: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, endpoint: S3Endpoint, bucket: str, *, timeout: float = 10.0, retries: int = 1
+    ) -> None:
         self.endpoint = endpoint
         self.bucket = bucket
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(timeout, 3.0), read=timeout),
             maxsize=32,
-            retries=urllib3.Retry(total=1, backoff_factor=0.1, status_forcelist=[500, 502, 503]),
+            retries=urllib3.Retry(
+                total=retries, backoff_factor=0.1, status_forcelist=[500, 502, 503]
+            ),
         )
         self.client = Minio(
             endpoint.endpoint,
@@ -225,11 +230,23 @@ def _load_or_create_credentials(folder: Path) -> tuple[str, str]:
     return access_key, secret_key
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the S3 server when the hub dies, even by SIGKILL; no orphan keeps ports."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class EmbeddedS3:
     """SeaweedFS in one child process, on loopback only, with enforced credentials."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, ports: list[int] | None = None) -> None:
         self.folder = folder
+        # master, volume, filer, s3; chosen on the first start and kept, so that stopping and
+        # starting the same server again (an outage in a test) gives clients the same endpoint.
+        self.ports = ports
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoint: S3Endpoint | None = None
 
@@ -249,8 +266,9 @@ class EmbeddedS3:
         config_path = self.folder / "identities.json"
         config_path.write_text(json.dumps(identities))
         config_path.chmod(0o600)
-        ports = [free_port() for _ in range(4)]
-        master, volume, filer, s3 = ports
+        if self.ports is None:
+            self.ports = [free_port() for _ in range(4)]
+        master, volume, filer, s3 = self.ports
         args = [
             weed_binary(),
             "server",
@@ -271,6 +289,12 @@ class EmbeddedS3:
             # bucket. Small volumes and a generous count keep every bucket writable.
             "-master.volumeSizeLimitMB=1024",
             "-volume.max=2000",
+            # A lone master that resumes its raft state waits out a whole election (10 s by
+            # default, ~20 s to ready) before serving again; with no peers, 1 s is plenty.
+            "-master.electionTimeout=1s",
+            # The volume server waits 10 s after its last heartbeat before stopping, for
+            # clusters; alone there is no one to tell.
+            "-volume.preStopSeconds=0",
         ]
         log_file = (self.folder / "weed.log").open("ab")
         self.process = subprocess.Popen(
@@ -279,6 +303,7 @@ class EmbeddedS3:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C to the hub is handled by the hub, which stops us
+            preexec_fn=_die_with_parent,
         )
         log_file.close()
         self.endpoint = S3Endpoint(f"127.0.0.1:{s3}", access_key, secret_key)
@@ -288,7 +313,7 @@ class EmbeddedS3:
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.endpoint is not None
-        store = ObjectStore(self.endpoint, "telehealth-probe", timeout=2.0)
+        store = ObjectStore(self.endpoint, "telehealth-probe", timeout=2.0, retries=0)
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -312,7 +337,9 @@ class EmbeddedS3:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(timeout=15)
+                # weed's filer can hang in a graceful gRPC stop. Every write it acknowledged is
+                # already in its files (page cache), so a kill after a short grace loses none.
+                self.process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()

@@ -8,7 +8,7 @@ from telehealth.archive import service
 from telehealth.archive.models import IngestSource, Patient, Study
 from telehealth.archive.schemas import StudyList, StudyOut
 from telehealth.auth import service as auth
-from telehealth.deps import CurrentActor, HubDep, SessionDep
+from telehealth.deps import ActorOutsideSession, CurrentActor, HubDep, SessionDep
 from telehealth.errors import Invalid, TooLarge
 
 router = APIRouter(prefix="/api", tags=["archive"])
@@ -77,7 +77,9 @@ def get_study(study_instance_uid: str, actor: CurrentActor, session: SessionDep)
 
 
 @router.post("/instances", status_code=201)
-async def upload_instance(request: Request, actor: CurrentActor, hub: HubDep) -> dict[str, str]:
+async def upload_instance(
+    request: Request, actor: ActorOutsideSession, hub: HubDep
+) -> dict[str, str]:
     """Store one DICOM Part 10 file sent as the request body (application/dicom)."""
     auth.require(actor, auth.Permission.SEND_STUDIES)
     limit = hub.settings.max_upload_bytes

@@ -186,6 +186,9 @@ def issue_token(user: User, secret: str, *, ttl: timedelta, clock: Clock = SYSTE
     claims = {
         "sub": str(user.id),
         "iat": int(now.timestamp()),
+        # `iat` has whole seconds; revocation compares milliseconds, so a login right after
+        # a logout gets a token that works.
+        "iat_ms": int(now.timestamp() * 1000),
         "exp": int((now + ttl).timestamp()),
         "jti": uuid.uuid4().hex,
     }
@@ -211,15 +214,14 @@ def user_for_token(
     user = session.get(User, int(claims["sub"]))
     if user is None or not user.active:
         raise BadToken("invalid token")
-    if user.tokens_valid_after and claims["iat"] < int(user.tokens_valid_after.timestamp()):
+    issued_ms = claims.get("iat_ms", claims["iat"] * 1000)
+    if user.tokens_valid_after and issued_ms <= int(user.tokens_valid_after.timestamp() * 1000):
         raise BadToken("token revoked")
     return user
 
 
 def revoke_tokens(session: Session, user: User, *, clock: Clock = SYSTEM_CLOCK) -> None:
-    # Whole seconds: token `iat` has second resolution, and a token issued in this same
-    # second must count as revoked.
-    user.tokens_valid_after = clock.now().replace(microsecond=0) + timedelta(seconds=1)
+    user.tokens_valid_after = clock.now()
 
 
 # --- audit ------------------------------------------------------------------------------------

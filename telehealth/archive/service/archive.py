@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -24,12 +27,16 @@ from telehealth.archive.service.stability import mark_stable_studies
 from telehealth.archive.service.uploader import Uploader, UploadJob
 from telehealth.clock import Clock
 from telehealth.config import DuplicatePolicy
-from telehealth.db import transaction
+from telehealth.db import DatabaseUnavailable, transaction
 from telehealth.errors import NotFound
 from telehealth.events import EventBus, Topic
 from telehealth.storage import ObjectMissing, ObjectStore
 
 log = logging.getLogger(__name__)
+
+
+RECONCILE_EVERY_SECONDS = 60.0
+RECONCILE_MIN_AGE_SECONDS = 300.0
 
 
 class InstanceNotFound(NotFound):
@@ -78,6 +85,9 @@ class Archive:
         )
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        # Spool writes of concurrent ingests (one per association at a time); threads are
+        # created on demand.
+        self._writer = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="spool")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -108,15 +118,27 @@ class Archive:
         error nothing is left behind.
         """
         header = parse_header(data)
-        copy = StoredCopy(
-            self.spool.write(data, origin.institution_id),
-            hashlib.sha256(data).hexdigest(),
-            len(data),
-        )
+        # The spool write (mostly fsync, which releases the GIL) runs while we hash and index;
+        # the index transaction commits only after the write is synced, so Success still
+        # means "on disk and indexed", and a failed write rolls the index back.
+        name = self.spool.new_name(origin.institution_id)
+        writing = self._writer.submit(self.spool.write, data, origin.institution_id, name)
+        committing: list[bool] = []
         try:
-            outcome, key = self._index(header, origin, copy)
+            copy = StoredCopy(name, hashlib.sha256(data).hexdigest(), len(data))
+            outcome, key = self._index(
+                header, origin, copy, synced=writing.result, committing=committing
+            )
+        except DatabaseUnavailable:
+            futures.wait([writing])
+            # Lost at COMMIT, the database may have applied it and its row would point at
+            # this file: keep it; reconciliation indexes or drops it later. Earlier, drop it.
+            if not committing or writing.exception() is not None:
+                self.spool.remove(name)
+            raise
         except BaseException:
-            self.spool.remove(copy.spool_name)
+            futures.wait([writing])
+            self.spool.remove(name)
             raise
         if outcome == IndexOutcome.DUPLICATE:
             self.spool.remove(copy.spool_name)
@@ -139,7 +161,13 @@ class Archive:
         )
 
     def _index(
-        self, header: InstanceHeader, origin: Origin, copy: StoredCopy
+        self,
+        header: InstanceHeader,
+        origin: Origin,
+        copy: StoredCopy,
+        *,
+        synced: Callable[[], object] = lambda: None,
+        committing: list[bool] | None = None,
     ) -> tuple[IndexOutcome, str]:
         # Two associations may create the same new study at once; on PostgreSQL one of them
         # then hits a unique constraint and simply tries again, finding the other's rows.
@@ -154,7 +182,11 @@ class Archive:
                         now=self.clock.now(),
                         policy=self.duplicate_policy,
                     )
-                    return outcome, instance.object_key
+                    key = instance.object_key
+                    synced()  # raises the spool write's error: the transaction rolls back
+                    if committing is not None:
+                        committing.append(True)  # leaving the block commits
+                return outcome, key
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -210,12 +242,23 @@ class Archive:
         return studies
 
     def _watch(self) -> None:
+        from telehealth.archive.service.recovery import recover_spool
+
         interval = max(0.5, min(5.0, self.study_stable_seconds / 4))
+        last_reconcile = 0.0
         while not self._stop.wait(interval):
             try:
                 self.check_stable_studies()
             except Exception:
                 log.exception("study-stable check failed; will try again")
+            if time.monotonic() - last_reconcile > RECONCILE_EVERY_SECONDS:
+                last_reconcile = time.monotonic()
+                try:
+                    # Spool files no row names (a commit whose answer was lost) are indexed
+                    # or dropped; old enough that no ingest is still working on them.
+                    recover_spool(self, min_age_seconds=RECONCILE_MIN_AGE_SECONDS)
+                except Exception:
+                    log.exception("spool reconciliation failed; will try again")
 
 
 def internal_origin(institution_id: int) -> Origin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -74,8 +75,14 @@ def index_instance(
 
     Raises StudyOwnedElsewhere, DuplicateRejected.
     """
+    # FOR UPDATE: the upload marker may be moving this row to STORED right now; without the
+    # lock a replace copies the stale state into SupersededObject (left "spooled" with its
+    # file gone) and overwrites only the columns it sees as changed (PostgreSQL; SQLite's
+    # BEGIN IMMEDIATE already serialises writers).
     existing = session.scalar(
-        select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
+        select(Instance)
+        .where(Instance.sop_instance_uid == header.sop_instance_uid)
+        .with_for_update()
     )
     if existing is not None and existing.sha256 == copy.sha256:
         return IndexOutcome.DUPLICATE, existing
@@ -175,10 +182,19 @@ def _study_for(session: Session, header: InstanceHeader, origin: Origin, now: da
     return study
 
 
+def _study_patient_id(study_instance_uid: str) -> str:
+    """The stand-in ID ("~" + study UID) for a patient sent without one, kept within the
+    64-character column: a 64-character study UID is replaced by a digest of it."""
+    patient_id = f"~{study_instance_uid}"
+    if len(patient_id) <= 64:
+        return patient_id
+    return "~" + hashlib.sha256(study_instance_uid.encode()).hexdigest()[:63]
+
+
 def _patient_for(session: Session, header: InstanceHeader, origin: Origin) -> Patient:
     # Patient IDs are local to the issuer. An empty ID must not merge strangers into one
     # record, so such a patient is kept per study.
-    patient_id = header.patient_id or f"~{header.study_instance_uid}"
+    patient_id = header.patient_id or _study_patient_id(header.study_instance_uid)
     patient = session.scalar(
         select(Patient).where(
             Patient.issuer_id == origin.institution_id, Patient.patient_id == patient_id

@@ -57,12 +57,15 @@ def list_studies(
         query = query.where(Study.study_date <= filters.date_to)
     if filters.modality:
         # Modalities are stored "CT\SR"; match a whole code, not a substring of another.
+        # PostgreSQL's LIKE treats a backslash as its default escape, so the separator must be
+        # made literal with an explicit ESCAPE; the code's own wildcards are escaped too.
         m = filters.modality.upper()
+        lit = m.replace("!", "!!").replace("%", "!%").replace("_", "!_")
         query = query.where(
             (Study.modalities == m)
-            | Study.modalities.like(f"{m}\\%")
-            | Study.modalities.like(f"%\\{m}")
-            | Study.modalities.like(f"%\\{m}\\%")
+            | Study.modalities.like(f"{lit}\\%", escape="!")
+            | Study.modalities.like(f"%\\{lit}", escape="!")
+            | Study.modalities.like(f"%\\{lit}\\%", escape="!")
         )
     if filters.institution_id is not None:
         query = query.where(Study.institution_id == filters.institution_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 
 from telehealth.archive.models import IngestSource, Instance, StorageState, SupersededObject
 from telehealth.archive.service.header import parse_header
-from telehealth.archive.service.index import Origin, StoredCopy, index_instance
+from telehealth.archive.service.index import IndexOutcome, Origin, StoredCopy, index_instance
 from telehealth.archive.service.spool import spool_institution
 from telehealth.db import transaction
 from telehealth.errors import DomainError, Invalid
@@ -29,13 +30,16 @@ class RecoveryReport:
     quarantined: list[str] = field(default_factory=list)  # unreadable; kept aside
 
 
-def recover_spool(archive: Archive) -> RecoveryReport:
+def recover_spool(archive: Archive, *, min_age_seconds: float = 0.0) -> RecoveryReport:
     """Index spool files the index does not know, drop copies already stored.
 
     A file is in the spool but not the index when the hub died between the fsync and the
-    commit: Success was never answered, but the bytes are whole, so keep them.
+    commit, or the database's answer to the commit was lost: Success was never answered,
+    but the bytes are whole, so keep them. `min_age_seconds` leaves alone files an ingest
+    may still be committing (when this runs while the hub serves).
     """
     report = RecoveryReport()
+    cutoff = time.time() - min_age_seconds
     with transaction(archive.factory) as session:
         known = set(
             session.scalars(select(Instance.spool_name).where(Instance.spool_name.is_not(None)))
@@ -45,7 +49,12 @@ def recover_spool(archive: Archive) -> RecoveryReport:
             )
         )
     for name in sorted(set(archive.spool.names()) - known):
-        data = archive.spool.read(name)
+        try:
+            if min_age_seconds and archive.spool.path(name).stat().st_mtime > cutoff:
+                continue
+            data = archive.spool.read(name)
+        except FileNotFoundError:
+            continue  # uploaded and removed since we listed it
         try:
             header = parse_header(data)
         except Invalid as exc:
@@ -75,7 +84,7 @@ def recover_spool(archive: Archive) -> RecoveryReport:
         origin = Origin(IngestSource.RECOVERY, institution_id=spool_institution(name))
         try:
             with transaction(archive.factory) as session:
-                index_instance(
+                outcome, _ = index_instance(
                     session,
                     header,
                     origin,
@@ -87,6 +96,10 @@ def recover_spool(archive: Archive) -> RecoveryReport:
             log.warning("spool file %s could not be indexed (%s); quarantined", name, exc)
             archive.spool.quarantine_file(name)
             report.quarantined.append(name)
+            continue
+        if outcome == IndexOutcome.DUPLICATE:
+            archive.spool.remove(name)  # the same bytes arrived again and were kept then
+            report.removed.append(name)
             continue
         report.indexed.append(name)
     if report.indexed or report.removed or report.quarantined:

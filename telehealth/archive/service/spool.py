@@ -27,18 +27,24 @@ class Spool:
         folder.mkdir(parents=True, exist_ok=True)
         self.quarantine.mkdir(exist_ok=True)
 
-    def write(self, data: bytes, institution_id: int) -> str:
+    @staticmethod
+    def new_name(institution_id: int) -> str:
+        """A fresh spool file name; it carries the sending institution (see write)."""
+        return f"{uuid.uuid4().hex}-i{institution_id}.dcm"
+
+    def write(self, data: bytes, institution_id: int, name: str | None = None) -> str:
         """Write bytes to a new spool file, synced to disk; return its name.
 
         The name carries the sending institution so that a file found after a crash, before
-        its index row was committed, can still be attributed to its owner.
+        its index row was committed, can still be attributed to its owner. `name` (from
+        new_name) lets a caller know the name before the write finishes.
 
         Raises SpoolFull when less than the configured reserve is free, SpoolUnavailable on an
         I/O error; in both cases nothing is left behind.
         """
         if self.free_bytes() - len(data) < self.min_free_bytes:
             raise SpoolFull("spool disk is full")
-        name = f"{uuid.uuid4().hex}-i{institution_id}.dcm"
+        name = name or self.new_name(institution_id)
         path = self.folder / name
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
