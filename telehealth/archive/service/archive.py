@@ -174,7 +174,7 @@ class Archive:
         for attempt in range(3):
             try:
                 with transaction(self.factory) as session:
-                    outcome, instance = index_instance(
+                    outcome, key = index_instance(
                         session,
                         header,
                         origin,
@@ -182,7 +182,6 @@ class Archive:
                         now=self.clock.now(),
                         policy=self.duplicate_policy,
                     )
-                    key = instance.object_key
                     synced()  # raises the spool write's error: the transaction rolls back
                     if committing is not None:
                         committing.append(True)  # leaving the block commits

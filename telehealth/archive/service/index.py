@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from telehealth.archive.models import (
@@ -70,8 +70,8 @@ def index_instance(
     *,
     now: datetime,
     policy: DuplicatePolicy,
-) -> tuple[IndexOutcome, Instance]:
-    """Record a spooled instance in the index.
+) -> tuple[IndexOutcome, str]:
+    """Record a spooled instance in the index; return the outcome and the version's object key.
 
     Raises StudyOwnedElsewhere, DuplicateRejected.
     """
@@ -79,21 +79,23 @@ def index_instance(
     # lock a replace copies the stale state into SupersededObject (left "spooled" with its
     # file gone) and overwrites only the columns it sees as changed (PostgreSQL; SQLite's
     # BEGIN IMMEDIATE already serialises writers).
-    existing = session.scalar(
-        select(Instance)
+    found = session.execute(
+        select(Instance.id, Instance.sha256, Instance.object_key)
         .where(Instance.sop_instance_uid == header.sop_instance_uid)
         .with_for_update()
-    )
-    if existing is not None and existing.sha256 == copy.sha256:
-        return IndexOutcome.DUPLICATE, existing
-    if existing is not None and policy == DuplicatePolicy.REJECT:
+    ).first()
+    if found is not None and found.sha256 == copy.sha256:
+        return IndexOutcome.DUPLICATE, found.object_key
+    if found is not None and policy == DuplicatePolicy.REJECT:
         raise DuplicateRejected(
             f"SOP Instance {header.sop_instance_uid} is already stored with different content"
         )
+    if found is None and _add_to_known_series(session, header, origin, copy, now):
+        return IndexOutcome.NEW, object_key(header.sop_instance_uid, copy.sha256)
 
     study = _study_for(session, header, origin, now)
     series, new_series = _series_for(session, header, study)
-    if existing is None:
+    if found is None:
         instance = Instance(sop_instance_uid=header.sop_instance_uid, series_pk=series.id)
         session.add(instance)
         _fill(instance, header, origin, copy, now)
@@ -102,8 +104,9 @@ def index_instance(
         study.num_series += int(new_series)
         study.size_bytes += copy.size
         session.flush()
-        return IndexOutcome.NEW, instance
+        return IndexOutcome.NEW, instance.object_key
 
+    existing = session.get_one(Instance, found.id)
     session.add(
         SupersededObject(
             sop_instance_uid=existing.sop_instance_uid,
@@ -121,26 +124,95 @@ def index_instance(
     session.flush()
     old_study_pk = session.scalar(select(Series.study_pk).where(Series.id == old_series_pk))
     _recount(session, {study.id, old_study_pk} - {None})
-    return IndexOutcome.REPLACED, existing
+    return IndexOutcome.REPLACED, existing.object_key
+
+
+def _add_to_known_series(
+    session: Session, header: InstanceHeader, origin: Origin, copy: StoredCopy, now: datetime
+) -> bool:
+    """The common case, a new instance of a series already indexed, in a few plain statements.
+
+    Most instances of a study arrive after its first; ORM loading and flushing of the study
+    and series rows cost more than the whole C-STORE round trip. Returns False when the
+    series is not known yet (the caller takes the general path). Raises StudyOwnedElsewhere.
+    """
+    row = session.execute(
+        select(Series.id, Series.study_pk, Study.institution_id, Study.modalities)
+        .join(Study, Series.study_pk == Study.id)
+        .where(
+            Series.series_instance_uid == header.series_instance_uid,
+            Study.study_instance_uid == header.study_instance_uid,
+        )
+    ).first()
+    if row is None:
+        return False
+    _check_owner(row.institution_id, header, origin)
+    session.execute(
+        insert(Instance).values(
+            sop_instance_uid=header.sop_instance_uid,
+            series_pk=row.id,
+            **_instance_values(header, origin, copy, now),
+        )
+    )
+    session.execute(
+        update(Series).where(Series.id == row.id).values(num_instances=Series.num_instances + 1)
+    )
+    study_values: dict[str, object] = {
+        "num_instances": Study.num_instances + 1,
+        "size_bytes": Study.size_bytes + copy.size,
+        "last_received_at": now,
+        "stable_at": None,
+    }
+    modalities = _with_modality(row.modalities, header.modality)
+    if modalities != row.modalities:
+        study_values["modalities"] = modalities
+    session.execute(update(Study).where(Study.id == row.study_pk).values(**study_values))
+    return True
+
+
+def _check_owner(owner_id: int, header: InstanceHeader, origin: Origin) -> None:
+    if owner_id != origin.institution_id and origin.source not in (
+        IngestSource.INTERNAL,
+        IngestSource.RECOVERY,
+    ):
+        raise StudyOwnedElsewhere(
+            f"study {header.study_instance_uid} belongs to another institution"
+        )
+
+
+def _with_modality(modalities: str, modality: str) -> str:
+    if not modality or modality in modalities.split("\\"):
+        return modalities
+    return "\\".join(filter(None, [modalities, modality]))[:64]
+
+
+def _instance_values(
+    header: InstanceHeader, origin: Origin, copy: StoredCopy, now: datetime
+) -> dict[str, object]:
+    """Every column of an instance row that comes from the received version."""
+    return {
+        "sop_class_uid": header.sop_class_uid,
+        "transfer_syntax_uid": header.transfer_syntax_uid,
+        "instance_number": header.instance_number,
+        "number_of_frames": header.number_of_frames,
+        "size_bytes": copy.size,
+        "sha256": copy.sha256,
+        "object_key": object_key(header.sop_instance_uid, copy.sha256),
+        "state": StorageState.SPOOLED,
+        "spool_name": copy.spool_name,
+        "source": origin.source,
+        "source_ae": origin.ae_title,
+        "source_address": origin.address,
+        "received_at": now,
+        "stored_at": None,
+    }
 
 
 def _fill(
     instance: Instance, header: InstanceHeader, origin: Origin, copy: StoredCopy, now: datetime
 ) -> None:
-    instance.sop_class_uid = header.sop_class_uid
-    instance.transfer_syntax_uid = header.transfer_syntax_uid
-    instance.instance_number = header.instance_number
-    instance.number_of_frames = header.number_of_frames
-    instance.size_bytes = copy.size
-    instance.sha256 = copy.sha256
-    instance.object_key = object_key(header.sop_instance_uid, copy.sha256)
-    instance.state = StorageState.SPOOLED
-    instance.spool_name = copy.spool_name
-    instance.source = origin.source
-    instance.source_ae = origin.ae_title
-    instance.source_address = origin.address
-    instance.received_at = now
-    instance.stored_at = None
+    for column, value in _instance_values(header, origin, copy, now).items():
+        setattr(instance, column, value)
 
 
 def _study_for(session: Session, header: InstanceHeader, origin: Origin, now: datetime) -> Study:
@@ -148,17 +220,10 @@ def _study_for(session: Session, header: InstanceHeader, origin: Origin, now: da
         select(Study).where(Study.study_instance_uid == header.study_instance_uid)
     )
     if study is not None:
-        if study.institution_id != origin.institution_id and origin.source not in (
-            IngestSource.INTERNAL,
-            IngestSource.RECOVERY,
-        ):
-            raise StudyOwnedElsewhere(
-                f"study {header.study_instance_uid} belongs to another institution"
-            )
+        _check_owner(study.institution_id, header, origin)
         study.last_received_at = now
         study.stable_at = None
-        if header.modality and header.modality not in study.modalities.split("\\"):
-            study.modalities = "\\".join(filter(None, [study.modalities, header.modality]))[:64]
+        study.modalities = _with_modality(study.modalities, header.modality)
         return study
     patient = _patient_for(session, header, origin)
     study = Study(
