@@ -10,10 +10,13 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import pynetdicom.association
+import pynetdicom.dul
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -34,6 +37,38 @@ log = logging.getLogger(__name__)
 # Accept any storage SOP class, including private and newer ones pynetdicom does not list:
 # the archive keeps bytes as received and needs nothing class-specific to index them.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+
+
+class _BusyPolling:
+    """Stands in for the `time` module inside pynetdicom's association and DUL loops.
+
+    Both loops poll with `time.sleep(0.001)`: waiting for the next DIMSE message, for our
+    response to send, for the next PDU. While a modality streams instances that adds ~1.5 ms
+    to each; an association that stored something in the last moment polls 20× faster, and
+    an idle one keeps pynetdicom's pace (and CPU use).
+    """
+
+    BUSY_SECONDS = 0.02
+    FAST_SLEEP = 0.00005
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def sleep(self, seconds: float) -> None:
+        thread = threading.current_thread()
+        assoc = thread if isinstance(thread, Association) else getattr(thread, "assoc", None)
+        busy_until = getattr(assoc, "_hub_busy_until", 0.0)
+        if seconds == 0.001 and busy_until > time.monotonic():
+            seconds = self.FAST_SLEEP
+        time.sleep(seconds)
+
+    @classmethod
+    def mark_busy(cls, assoc: Association) -> None:
+        assoc._hub_busy_until = time.monotonic() + cls.BUSY_SECONDS  # type: ignore[attr-defined]
+
+
+pynetdicom.association.time = _BusyPolling()  # type: ignore[assignment]
+pynetdicom.dul.time = _BusyPolling()  # type: ignore[assignment]
 
 # pynetdicom's status for a refused caller: rejected-permanent, service-user, calling AE title
 # not recognised (PS3.8 §9.3.4).
@@ -198,6 +233,7 @@ class DicomNode:
         return 0x0000
 
     def _on_store(self, event: Any) -> Dataset | int:
+        _BusyPolling.mark_busy(event.assoc)
         try:
             caller = self._caller_for(event.assoc)
         except DomainError as exc:
@@ -224,6 +260,7 @@ class DicomNode:
             log.warning(
                 "C-STORE from %s: command and dataset SOP Instance UIDs differ", caller.ae_title
             )
+        _BusyPolling.mark_busy(event.assoc)  # the next request is likely on its way
         return 0x0000
 
 

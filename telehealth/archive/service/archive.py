@@ -117,6 +117,7 @@ class Archive:
         DatabaseUnavailable (Overloaded), StudyOwnedElsewhere, DuplicateRejected; on any
         error nothing is left behind.
         """
+        self.uploader.note_ingest()
         header = parse_header(data)
         # The spool write (mostly fsync, which releases the GIL) runs while we hash and index;
         # the index transaction commits only after the write is synced, so Success still
