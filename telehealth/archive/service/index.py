@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from telehealth.archive.models import (
@@ -75,15 +75,7 @@ def index_instance(
 
     Raises StudyOwnedElsewhere, DuplicateRejected.
     """
-    # FOR UPDATE: the upload marker may be moving this row to STORED right now; without the
-    # lock a replace copies the stale state into SupersededObject (left "spooled" with its
-    # file gone) and overwrites only the columns it sees as changed (PostgreSQL; SQLite's
-    # BEGIN IMMEDIATE already serialises writers).
-    found = session.execute(
-        select(Instance.id, Instance.sha256, Instance.object_key)
-        .where(Instance.sop_instance_uid == header.sop_instance_uid)
-        .with_for_update()
-    ).first()
+    found = session.connection().execute(_FIND_VERSION, {"uid": header.sop_instance_uid}).first()
     if found is not None and found.sha256 == copy.sha256:
         return IndexOutcome.DUPLICATE, found.object_key
     if found is not None and policy == DuplicatePolicy.REJECT:
@@ -127,6 +119,42 @@ def index_instance(
     return IndexOutcome.REPLACED, existing.object_key
 
 
+# Built once: composing a statement costs SQLAlchemy more than the database takes to run it,
+# and these run for every instance received.
+# FOR UPDATE: the upload marker may be moving this row to STORED right now; without the lock a
+# replace copies the stale state into SupersededObject (left "spooled" with its file gone)
+# (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers).
+_FIND_VERSION = (
+    select(Instance.id, Instance.sha256, Instance.object_key)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_FIND_SERIES = (
+    select(Series.id, Series.study_pk, Study.institution_id, Study.modalities)
+    .join(Study, Series.study_pk == Study.id)
+    .where(
+        Series.series_instance_uid == bindparam("series_uid"),
+        Study.study_instance_uid == bindparam("study_uid"),
+    )
+)
+_INSERT_INSTANCE = insert(Instance)
+_BUMP_SERIES = (
+    update(Series)
+    .where(Series.id == bindparam("series_pk"))
+    .values(num_instances=Series.num_instances + 1)
+)
+_BUMP_STUDY = (
+    update(Study)
+    .where(Study.id == bindparam("study_pk"))
+    .values(
+        num_instances=Study.num_instances + 1,
+        size_bytes=Study.size_bytes + bindparam("size"),
+        last_received_at=bindparam("now"),
+        stable_at=None,
+    )
+)
+
+
 def _add_to_known_series(
     session: Session, header: InstanceHeader, origin: Origin, copy: StoredCopy, now: datetime
 ) -> bool:
@@ -136,37 +164,22 @@ def _add_to_known_series(
     and series rows cost more than the whole C-STORE round trip. Returns False when the
     series is not known yet (the caller takes the general path). Raises StudyOwnedElsewhere.
     """
-    row = session.execute(
-        select(Series.id, Series.study_pk, Study.institution_id, Study.modalities)
-        .join(Study, Series.study_pk == Study.id)
-        .where(
-            Series.series_instance_uid == header.series_instance_uid,
-            Study.study_instance_uid == header.study_instance_uid,
-        )
+    conn = session.connection()
+    row = conn.execute(
+        _FIND_SERIES,
+        {"series_uid": header.series_instance_uid, "study_uid": header.study_instance_uid},
     ).first()
     if row is None:
         return False
     _check_owner(row.institution_id, header, origin)
-    session.execute(
-        insert(Instance).values(
-            sop_instance_uid=header.sop_instance_uid,
-            series_pk=row.id,
-            **_instance_values(header, origin, copy, now),
-        )
-    )
-    session.execute(
-        update(Series).where(Series.id == row.id).values(num_instances=Series.num_instances + 1)
-    )
-    study_values: dict[str, object] = {
-        "num_instances": Study.num_instances + 1,
-        "size_bytes": Study.size_bytes + copy.size,
-        "last_received_at": now,
-        "stable_at": None,
-    }
+    values = _instance_values(header, origin, copy, now)
+    values.update(sop_instance_uid=header.sop_instance_uid, series_pk=row.id)
+    conn.execute(_INSERT_INSTANCE, values)
+    conn.execute(_BUMP_SERIES, {"series_pk": row.id})
+    conn.execute(_BUMP_STUDY, {"study_pk": row.study_pk, "size": copy.size, "now": now})
     modalities = _with_modality(row.modalities, header.modality)
     if modalities != row.modalities:
-        study_values["modalities"] = modalities
-    session.execute(update(Study).where(Study.id == row.study_pk).values(**study_values))
+        conn.execute(update(Study).where(Study.id == row.study_pk).values(modalities=modalities))
     return True
 
 
