@@ -408,6 +408,13 @@ def main() -> int:
         help="slices of each of the 4 series (default slices/4)",
     )
     ap.add_argument("--runs", type=int, default=1, help="repeat; medians are reported")
+    ap.add_argument(
+        "--dicom-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="DICOM node processes of the hub (TELEHEALTH_DICOM_WORKERS; default: one per core,"
+        " as the README advises)",
+    )
     ap.add_argument("--quick", action="store_true", help="100 slices, 4 x 25, one run")
     ap.add_argument("--skip-orthanc", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
@@ -422,7 +429,8 @@ def main() -> int:
     if args.quick:
         args.slices, args.runs = 100, 1
     four = args.four_slices or max(1, args.slices // 4)
-    hub_env = dict(kv.split("=", 1) for kv in args.hub_env)
+    hub_env = {"TELEHEALTH_DICOM_WORKERS": str(args.dicom_workers)}
+    hub_env.update(kv.split("=", 1) for kv in args.hub_env)
 
     def on_signal(signum, frame):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
@@ -450,7 +458,7 @@ def main() -> int:
             if not args.skip_orthanc:
                 print(f"run {run + 1}: Orthanc", file=sys.stderr)
                 orthancs.append(run_orthanc(work, work / "one", fours))
-        report(hubs, orthancs, args.slices, four)
+        report(hubs, orthancs, args.slices, four, args.dicom_workers)
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -467,7 +475,9 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(hubs: list[Result], orthancs: list[Result], slices: int, four: int) -> None:
+def report(
+    hubs: list[Result], orthancs: list[Result], slices: int, four: int, dicom_workers: int
+) -> None:
     rows = []
 
     def row(name: str, results: list[Result], attr: str) -> None:
@@ -530,7 +540,7 @@ def report(hubs: list[Result], orthancs: list[Result], slices: int, four: int) -
         f"hub_peak_rss_mb={med([h.peak_rss_mb for h in hubs]):.0f} "
         f"hub_drain_1assoc_s={med([h.drain_one_s for h in hubs]):.2f} "
         f"hub_drain_4assoc_s={med([h.drain_four_s for h in hubs]):.2f} "
-        f"runs={len(hubs)}"
+        f"hub_dicom_workers={dicom_workers} runs={len(hubs)}"
     )
 
 

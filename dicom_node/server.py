@@ -98,6 +98,21 @@ class _HubAE(AE):
     def require_calling_aet(self, value: list[str]) -> None:
         raise AttributeError("callers are decided by the hub's registry")
 
+    def make_server(self, *args: Any, **kwargs: Any) -> ThreadedAssociationServer:
+        # pynetdicom's start_server always builds its own server class; swap in ours.
+        if kwargs.get("server_class") is ThreadedAssociationServer:
+            kwargs["server_class"] = _SharedPortServer
+        return super().make_server(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """Lets several DICOM node processes listen on one port; the kernel spreads associations
+    among them (SO_REUSEPORT), so parallel associations use more than one core."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
 
 class DicomNode:
     def __init__(self, hub: Hub) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +23,10 @@ from telehealth.auth.models import Role
 from telehealth.config import Settings
 from telehealth.db import create_db_engine, make_session_factory, migrate, transaction
 from telehealth.errors import DomainError
+from telehealth.hub import Hub
 from telehealth.institutions import service as institutions
 from telehealth.institutions.models import InstitutionLevel
+from telehealth.storage import die_with_parent
 
 app = typer.Typer(
     help="Telehealth hub for county medical consortia (医共体).", no_args_is_help=True
@@ -78,7 +83,6 @@ def serve(
     import uvicorn
 
     from telehealth.app import create_app
-    from telehealth.hub import Hub
 
     settings = _settings(
         data_dir,
@@ -92,9 +96,11 @@ def serve(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     hub = Hub(settings)
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         hub.open()
         hub.start()
+        workers = _start_dicom_workers(hub)
         config = uvicorn.Config(
             create_app(hub),
             host=settings.http_host,
@@ -107,6 +113,48 @@ def serve(
         # kills us before `hub.close()`; an empty handler lets the cleanup below run.
         signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.Server(config).run()
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
+        hub.close()
+
+
+def _start_dicom_workers(hub: Hub) -> list[subprocess.Popen[bytes]]:
+    """Start `dicom_workers - 1` more DICOM node processes on the hub's port."""
+    settings = hub.settings
+    if settings.dicom_workers <= 1 or hub.dicom_node is None:
+        return []
+    env = dict(os.environ)
+    env.update(
+        TELEHEALTH_DATA_DIR=str(settings.data_dir.resolve()),
+        TELEHEALTH_DICOM_PORT=str(hub.dicom_node.port),
+        TELEHEALTH_DICOM_HOST=settings.dicom_host,
+        TELEHEALTH_AE_TITLE=settings.ae_title,
+        TELEHEALTH_SECRET_KEY=hub.secret,
+    )
+    command = [sys.executable, "-m", "telehealth.cli", "dicom-worker"]
+    return [
+        subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+        for _ in range(settings.dicom_workers - 1)
+    ]
+
+
+@app.command("dicom-worker", hidden=True)
+def dicom_worker() -> None:
+    """One more DICOM node process beside `telehealth serve` (started by it)."""
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    hub = Hub(settings)
+    try:
+        hub.open(run_migrations=False)
+        hub.start(background=False)
+        stop.wait()
     finally:
         hub.close()
 
@@ -127,7 +175,6 @@ def fsck(
 ) -> None:
     """Check the index and storage agree; exit 1 on any disagreement."""
     from telehealth.archive.service import fsck as run_fsck
-    from telehealth.hub import Hub
 
     hub = Hub(_settings(data_dir)).open()
     try:
@@ -235,3 +282,7 @@ def ae_list(data_dir: DataDir = None) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

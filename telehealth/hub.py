@@ -102,9 +102,14 @@ class Hub:
         probe = ObjectStore(candidate, self.settings.s3_bucket, timeout=2.0, retries=0)
         return candidate if probe.is_up() else None
 
-    def start(self, *, dicom: bool = True) -> None:
-        """Start background work: spool recovery, uploads, study-stable watcher, DICOM node."""
-        self.archive.start()
+    def start(self, *, dicom: bool = True, background: bool = True) -> None:
+        """Start background work: spool recovery, uploads, study-stable watcher, DICOM node.
+
+        A DICOM node worker process starts the node only (`background=False`): the main hub
+        recovers the spool, uploads and watches for stable studies for all processes.
+        """
+        if background:
+            self.archive.start()
         if dicom:
             from dicom_node.server import DicomNode
 

@@ -230,8 +230,8 @@ def _load_or_create_credentials(folder: Path) -> tuple[str, str]:
     return access_key, secret_key
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGTERM the S3 server when the hub dies, even by SIGKILL; no orphan keeps ports."""
+def die_with_parent() -> None:
+    """Linux: SIGTERM this child when the hub dies, even by SIGKILL; no orphan keeps ports."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -303,7 +303,7 @@ class EmbeddedS3:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C to the hub is handled by the hub, which stops us
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log_file.close()
         self.endpoint = S3Endpoint(f"127.0.0.1:{s3}", access_key, secret_key)

@@ -117,7 +117,7 @@ class Archive:
         DatabaseUnavailable (Overloaded), StudyOwnedElsewhere, DuplicateRejected; on any
         error nothing is left behind.
         """
-        self.uploader.note_ingest()
+        self.spool.mark_activity()  # uploads in every process step aside (Uploader)
         header = parse_header(data)
         # The spool write (mostly fsync, which releases the GIL) runs while we hash and index;
         # the index transaction commits only after the write is synced, so Success still
@@ -144,7 +144,8 @@ class Archive:
         if outcome == IndexOutcome.DUPLICATE:
             self.spool.remove(copy.spool_name)
         else:
-            self.uploader.enqueue(UploadJob(copy.spool_name, key))
+            if self.uploader.running:  # a DICOM node worker leaves uploads to the main hub
+                self.uploader.enqueue(UploadJob(copy.spool_name, key))
             self.events.publish(
                 Topic.INSTANCE_STORED,
                 {

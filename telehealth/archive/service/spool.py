@@ -10,6 +10,9 @@ from pathlib import Path
 
 from telehealth.errors import Overloaded
 
+# Touched at every arrival; its mtime tells uploaders in any process that a modality is sending.
+ACTIVITY_MARKER = ".activity"
+
 
 class SpoolFull(Overloaded):
     """The spool disk is too full to accept another instance."""
@@ -61,6 +64,20 @@ class Spool:
             path.unlink(missing_ok=True)
             raise SpoolUnavailable(f"spool write failed: {exc.strerror}") from exc
         return name
+
+    def mark_activity(self) -> None:
+        """Record that an instance is arriving, for every process sharing this spool."""
+        try:
+            os.utime(self.folder / ACTIVITY_MARKER)
+        except FileNotFoundError:
+            (self.folder / ACTIVITY_MARKER).touch()
+
+    def last_activity(self) -> float:
+        """When an instance last arrived in any process (seconds since the epoch), or 0."""
+        try:
+            return (self.folder / ACTIVITY_MARKER).stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
 
     def path(self, name: str) -> Path:
         return self.folder / name

@@ -43,6 +43,7 @@ class Uploader:
         retry_seconds: float = 2.0,
         yield_seconds: float = 0.5,
         yield_below: int = 2000,
+        sweep_seconds: float = 1.0,
     ) -> None:
         self.factory = factory
         self.spool = spool
@@ -54,6 +55,7 @@ class Uploader:
         self._done: queue.Queue[tuple[UploadJob, datetime] | None] = queue.Queue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._sweeper: threading.Thread | None = None
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._idle = threading.Condition(self._pending_lock)
@@ -61,7 +63,8 @@ class Uploader:
         self.last_error = ""
         self.yield_seconds = yield_seconds
         self.yield_below = yield_below
-        self._last_ingest = 0.0
+        self.sweep_seconds = sweep_seconds
+        self._queued: set[str] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -75,9 +78,19 @@ class Uploader:
         marker.start()
         self._threads.append(marker)
         self.enqueue_pending()
+        if self.sweep_seconds > 0:
+            self._sweeper = threading.Thread(target=self._sweep, name="upload-sweep", daemon=True)
+            self._sweeper.start()
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads)
 
     def stop(self) -> None:
         self._stop.set()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=10)
+            self._sweeper = None
         for _ in range(self.workers):
             self._jobs.put(None)
         for thread in self._threads[: self.workers]:
@@ -89,8 +102,19 @@ class Uploader:
 
     def enqueue(self, job: UploadJob) -> None:
         with self._pending_lock:
+            if job.spool_name in self._queued:
+                return
+            self._queued.add(job.spool_name)
             self._pending += 1
         self._jobs.put(job)
+
+    def _sweep(self) -> None:
+        """Pick up what other processes (DICOM node workers) spooled and indexed."""
+        while not self._stop.wait(self.sweep_seconds):
+            try:
+                self.enqueue_pending()
+            except Exception as exc:
+                log.warning("could not look for pending uploads: %s", exc)
 
     def enqueue_pending(self) -> int:
         """Queue every spooled instance and superseded version the index knows of."""
@@ -148,10 +172,6 @@ class Uploader:
             self.store_healthy = True
             self._done.put((job, self.clock.now()))
 
-    def note_ingest(self) -> None:
-        """An instance just arrived: uploads step aside for a moment (see _yield_to_ingest)."""
-        self._last_ingest = time.monotonic()
-
     def _yield_to_ingest(self) -> None:
         """Wait while instances are arriving, unless the backlog passes the high-water mark.
 
@@ -162,7 +182,7 @@ class Uploader:
         """
         while (
             self.yield_seconds > 0
-            and time.monotonic() - self._last_ingest < self.yield_seconds
+            and time.time() - self.spool.last_activity() < self.yield_seconds
             and self.backlog < self.yield_below
             and not self._stop.is_set()
         ):
@@ -207,6 +227,7 @@ class Uploader:
 
     def _finish(self, job: UploadJob, *, uploaded: bool) -> None:
         with self._idle:
+            self._queued.discard(job.spool_name)
             self._pending -= 1
             if self._pending <= 0:
                 self._pending = 0

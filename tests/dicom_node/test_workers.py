@@ -1,0 +1,79 @@
+"""Several DICOM node processes on one port: every association lands somewhere, nothing is lost."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from telehealth.archive.models import Instance, StorageState
+from telehealth.db import create_db_engine, make_session_factory, transaction
+from telehealth.storage import S3Endpoint
+from tests.conftest import dcmtk
+from tests.faults import make_series, storescu, wait_for, write_files
+from tests.test_crash_recovery import _cli, _env, _register_clinic, served
+
+ASSOCIATIONS = 4
+PER_ASSOCIATION = 15
+
+
+def _children(pid: int) -> list[int]:
+    done = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in done.stdout.split()]
+
+
+def test_parallel_associations_across_worker_processes_are_all_kept(
+    tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
+) -> None:
+    tool = dcmtk("storescu")
+    data_dir = tmp_path / "data"
+    env = _env(data_dir, database_url, s3, bucket)
+    env["TELEHEALTH_DICOM_WORKERS"] = "2"
+    _register_clinic(env, data_dir)
+    folders = []
+    for n in range(ASSOCIATIONS):
+        folder = tmp_path / f"series{n}"
+        folder.mkdir()
+        write_files(folder, make_series(PER_ASSOCIATION, patient_id=f"W{n}-{uuid.uuid4().hex[:6]}"))
+        folders.append(folder)
+
+    with served(env, data_dir, tmp_path / "hub.log") as hub:
+        workers = [
+            p
+            for p in _children(hub.process.pid)
+            if "dicom-worker" in Path(f"/proc/{p}/cmdline").read_text()
+        ]
+        assert len(workers) == 1, "one DICOM worker beside the main process"
+        with ThreadPoolExecutor(ASSOCIATIONS) as pool:
+            results = list(
+                pool.map(lambda f: storescu(tool, hub.dicom_port, sorted(f.iterdir())), folders)
+            )
+        for result in results:
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert result.stderr.count("Received Store Response (Success)") == PER_ASSOCIATION
+
+        # Uploads of what the worker spooled are done by the main process's sweep.
+        engine = create_db_engine(database_url)
+        factory = make_session_factory(engine)
+
+        def all_stored() -> bool:
+            with transaction(factory) as session:
+                states = session.execute(
+                    select(Instance.state, func.count()).group_by(Instance.state)
+                ).all()
+            return dict(states) == {StorageState.STORED: ASSOCIATIONS * PER_ASSOCIATION}
+
+        wait_for(all_stored, timeout=60, what="every instance in the object store", interval=0.2)
+        engine.dispose()
+        fsck = _cli(env, "fsck", "--deep", "--data-dir", str(data_dir))
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+        assert hub.terminate(timeout=20) == 0
+        wait_for(
+            lambda: not any(Path(f"/proc/{p}").exists() for p in workers),
+            timeout=20,
+            what="the DICOM worker to stop with the hub",
+        )
