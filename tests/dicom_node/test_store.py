@@ -38,6 +38,7 @@ from telehealth.archive.service import fsck, parse_header
 from telehealth.db import transaction
 from telehealth.hub import Hub
 from telehealth.institutions.service import add_application_entity
+from tests import faults
 from tests.conftest import DEV_DATA, dcmtk, dev_files, seed_consortium
 
 CT = DEV_DATA / "dicom" / "ct" / "pydicom__CT_small.dcm"
@@ -200,23 +201,9 @@ def store_all(hub: Hub, calling: str, files: list[WireFile]) -> dict[Path, Store
 
 
 def storescu(hub: Hub, calling: str, *paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            dcmtk("storescu"),
-            "-v",  # prints each Store Response
-            "-aet",
-            calling,
-            "-aec",
-            hub.settings.ae_title,
-            "127.0.0.1",
-            str(hub.dicom_node.port),
-            *map(str, paths),
-        ],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    """storescu -v (prints each Store Response) from `calling` to the hub's node."""
+    assert hub.settings.ae_title == "TELEHEALTH"  # the called title faults.storescu uses
+    return faults.storescu(dcmtk("storescu"), hub.dicom_node.port, list(paths), calling=calling)
 
 
 def echoscu(hub: Hub, calling: str) -> subprocess.CompletedProcess[str]:
