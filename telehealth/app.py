@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from telehealth.archive.api import router as archive_router
 from telehealth.auth.api import router as auth_router
+from telehealth.dicomweb.api import router as dicomweb_router
 from telehealth.errors import DomainError, wire_status
 from telehealth.hub import Hub
 from telehealth.institutions.api import router as institutions_router
@@ -55,4 +56,5 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(institutions_router)
     app.include_router(archive_router)
+    app.include_router(dicomweb_router)
     return app

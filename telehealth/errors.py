@@ -29,6 +29,10 @@ class Invalid(DomainError): ...
 class TooLarge(Invalid): ...
 
 
+class BadRequest(Invalid):
+    """The request itself is malformed (a query parameter, a UID in a path): HTTP 400."""
+
+
 class Overloaded(DomainError):
     """A resource is exhausted or a dependency is down; the sender should retry later."""
 
@@ -42,6 +46,7 @@ WIRE: dict[type[DomainError], tuple[int, int]] = {
     Conflict: (409, 0x0110),  # Processing Failure
     Invalid: (422, 0xC000),  # Error: Cannot Understand
     TooLarge: (413, 0xA700),  # Refused: Out of Resources
+    BadRequest: (400, 0xC000),  # Error: Cannot Understand
     Overloaded: (503, 0xA700),  # Refused: Out of Resources; the modality retries later
 }
 

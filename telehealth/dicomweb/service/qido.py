@@ -1,0 +1,395 @@
+"""QIDO-RS (PS3.18 §10.6): search studies, series and instances in the index, never the objects.
+
+Every attribute returned comes from the index tables, so a search costs one SQL query however
+large the studies are. Matching follows PS3.4 §C.2.2.2: single value, wildcard (`*`, `?`),
+range (dates and times), UID list; an empty value only asks for the attribute to be returned.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from typing import Any, cast
+
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from telehealth.archive.models import Instance, Patient, Series, Study
+from telehealth.archive.service import StudyNotFound
+from telehealth.auth import service as auth
+from telehealth.auth.models import AuditOutcome
+from telehealth.dicomweb.service.common import BadDicomwebRequest, SeriesNotFound, check_uid
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# Parameters of the request itself, not attributes to match (PS3.18 §8.3.4).
+_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
+
+
+class Level(IntEnum):
+    """Query levels; an attribute of a level is available to every level below it."""
+
+    STUDY = 1
+    SERIES = 2
+    INSTANCE = 3
+
+
+@dataclass(frozen=True)
+class Row:
+    study: Study
+    patient: Patient
+    series: Series | None = None
+    instance: Instance | None = None
+
+
+@dataclass(frozen=True)
+class Attr:
+    keyword: str
+    tag: str  # eight upper-case hex digits, the DICOM JSON key
+    vr: str
+    column: InstrumentedAttribute[Any]
+    match: str  # "uid" | "date" | "time" | "str" | "pn" | "int" | "modalities"
+    special: Callable[[Row], Any] | None = None  # when the column is not the value as is
+
+    @property
+    def level(self) -> Level:
+        return _LEVEL_OF[cast(type, self.column.class_)]
+
+    def value(self, row: Row) -> Any:
+        if self.special is not None:
+            return self.special(row)
+        return getattr(getattr(row, _ROW_FIELD[cast(type, self.column.class_)]), self.column.key)
+
+
+_LEVEL_OF: dict[type, Level] = {
+    Study: Level.STUDY,
+    Patient: Level.STUDY,
+    Series: Level.SERIES,
+    Instance: Level.INSTANCE,
+}
+_ROW_FIELD: dict[type, str] = {
+    Study: "study",
+    Patient: "patient",
+    Series: "series",
+    Instance: "instance",
+}
+
+
+def _patient_id(row: Row) -> str:
+    # Instances without a Patient ID are filed under a synthetic "~…" key: not the patient's.
+    return "" if row.patient.patient_id.startswith("~") else row.patient.patient_id
+
+
+def _modalities(row: Row) -> list[str]:
+    return [m for m in row.study.modalities.split("\\") if m]
+
+
+ATTRIBUTES: tuple[Attr, ...] = (
+    Attr("StudyDate", "00080020", "DA", Study.study_date, "date"),
+    Attr("StudyTime", "00080030", "TM", Study.study_time, "time"),
+    Attr("AccessionNumber", "00080050", "SH", Study.accession_number, "str"),
+    Attr("ModalitiesInStudy", "00080061", "CS", Study.modalities, "modalities", _modalities),
+    Attr("ReferringPhysicianName", "00080090", "PN", Study.referring_physician, "pn"),
+    Attr("StudyDescription", "00081030", "LO", Study.description, "str"),
+    Attr("PatientName", "00100010", "PN", Patient.name, "pn"),
+    Attr("PatientID", "00100020", "LO", Patient.patient_id, "str", _patient_id),
+    Attr("PatientBirthDate", "00100030", "DA", Patient.birth_date, "date"),
+    Attr("PatientSex", "00100040", "CS", Patient.sex, "str"),
+    Attr("StudyInstanceUID", "0020000D", "UI", Study.study_instance_uid, "uid"),
+    Attr("NumberOfStudyRelatedSeries", "00201206", "IS", Study.num_series, "int"),
+    Attr("NumberOfStudyRelatedInstances", "00201208", "IS", Study.num_instances, "int"),
+    Attr("Modality", "00080060", "CS", Series.modality, "str"),
+    Attr("SeriesDescription", "0008103E", "LO", Series.description, "str"),
+    Attr("BodyPartExamined", "00180015", "CS", Series.body_part, "str"),
+    Attr("SeriesInstanceUID", "0020000E", "UI", Series.series_instance_uid, "uid"),
+    Attr("SeriesNumber", "00200011", "IS", Series.series_number, "int"),
+    Attr("NumberOfSeriesRelatedInstances", "00201209", "IS", Series.num_instances, "int"),
+    Attr("SOPClassUID", "00080016", "UI", Instance.sop_class_uid, "uid"),
+    Attr("SOPInstanceUID", "00080018", "UI", Instance.sop_instance_uid, "uid"),
+    # The stored transfer syntax: we send what we hold and do not transcode (yet).
+    Attr("AvailableTransferSyntaxUID", "00083002", "UI", Instance.transfer_syntax_uid, "uid"),
+    Attr("InstanceNumber", "00200013", "IS", Instance.instance_number, "int"),
+    Attr("NumberOfFrames", "00280008", "IS", Instance.number_of_frames, "int"),
+)
+S, R, I = Level.STUDY, Level.SERIES, Level.INSTANCE  # noqa: E741
+_BY_NAME: dict[str, Attr] = {a.keyword.lower(): a for a in ATTRIBUTES} | {
+    a.tag.lower(): a for a in ATTRIBUTES
+}
+# Returned whatever was asked (PS3.18 Table 10.6.3-3..5, as far as the index holds them); a
+# lower level also names its parents so a client can address what it found.
+_DEFAULT: dict[Level, tuple[Attr, ...]] = {
+    S: tuple(a for a in ATTRIBUTES if a.level == S),
+    R: tuple(a for a in ATTRIBUTES if a.level == R or a.keyword == "StudyInstanceUID"),
+    I: tuple(
+        a
+        for a in ATTRIBUTES
+        if a.level == I or a.keyword in ("StudyInstanceUID", "SeriesInstanceUID")
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Query:
+    level: Level
+    conditions: list[ColumnElement[bool]]
+    returned: list[Attr]
+    limit: int
+    offset: int
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    matches: list[dict[str, Any]]  # DICOM JSON objects (PS3.18 Annex F)
+    warnings: list[str]  # for a Warning header: what was changed in the request
+
+
+def _lookup(name: str) -> Attr | None:
+    return _BY_NAME.get(name.strip().lower())
+
+
+def _like(value: str) -> str:
+    """DICOM wildcards to a LIKE pattern; `!` escapes the SQL wildcards and itself."""
+    lit = value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return lit.replace("*", "%").replace("?", "_")
+
+
+_DATE = re.compile(r"^\d{8}$")
+_TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+
+
+def _check_date(keyword: str, value: str) -> str:
+    try:
+        if not _DATE.match(value):
+            raise ValueError(value)
+        datetime.strptime(value, "%Y%m%d")  # a calendar check: 20240230 fails
+    except ValueError:
+        raise BadDicomwebRequest(
+            f"{keyword}: {value!r} is not a date (YYYYMMDD or a range YYYYMMDD-YYYYMMDD)"
+        ) from None
+    return value
+
+
+def _check_time(keyword: str, value: str) -> str:
+    if not _TIME.match(value):
+        raise BadDicomwebRequest(f"{keyword}: {value!r} is not a time (HHMMSS.FFFFFF)")
+    return value
+
+
+def _range(attr: Attr, value: str, check: Callable[[str, str], str]) -> ColumnElement[bool]:
+    col = attr.column
+    if "-" not in value:
+        return col == check(attr.keyword, value)
+    low, _, high = value.partition("-")
+    if not low and not high:
+        raise BadDicomwebRequest(f"{attr.keyword}: a range needs at least one end")
+    # An unknown date is stored as "": it must not fall into an open-ended range.
+    parts: list[ColumnElement[bool]] = [col != ""]
+    if low:
+        parts.append(col >= check(attr.keyword, low))
+    if high:
+        # Times compare as text; pad the upper end so 1200 includes 120059.999999.
+        bound = check(attr.keyword, high)
+        parts.append(col <= (bound + "~" if attr.match == "time" else bound))
+    return and_(*parts)
+
+
+def _condition(attr: Attr, value: str) -> ColumnElement[bool] | None:
+    """The SQL for one matching key; None when the value matches everything."""
+    col = attr.column
+    if attr.match == "uid":
+        uids = [u for u in re.split(r"[,\\]", value) if u]
+        return col.in_([check_uid(u, attr.keyword) for u in uids])
+    if attr.match == "date":
+        return _range(attr, value, _check_date)
+    if attr.match == "time":
+        return _range(attr, value, _check_time)
+    if attr.match == "int":
+        try:
+            return col == int(value)
+        except ValueError:
+            raise BadDicomwebRequest(f"{attr.keyword}: {value!r} is not a number") from None
+    if attr.match == "modalities":
+        # Stored "CT\SR": match whole codes. PostgreSQL's LIKE treats a backslash as its
+        # default escape, so the separator is made literal with an explicit ESCAPE.
+        alternatives: list[ColumnElement[bool]] = []
+        for code in (c.strip().upper() for c in re.split(r"[,\\]", value) if c.strip()):
+            lit = _like(code)
+            alternatives += [
+                col == code,
+                col.like(f"{lit}\\%", escape="!"),
+                col.like(f"%\\{lit}", escape="!"),
+                col.like(f"%\\{lit}\\%", escape="!"),
+            ]
+        return or_(*alternatives) if alternatives else None
+    if value.strip("*") == "":
+        return None  # "*" is universal matching
+    # Person names match case-insensitively: clinics type "zhang*" for "Zhang^San".
+    wild = "*" in value or "?" in value
+    if attr.match == "pn":
+        if wild:
+            return col.ilike(_like(value), escape="!")
+        return func.lower(col) == value.lower()
+    return col.like(_like(value), escape="!") if wild else col == value
+
+
+def parse_query(level: Level, params: list[tuple[str, str]]) -> Query:
+    """Turn QIDO-RS query parameters into SQL conditions and the attributes to return.
+
+    Raises BadDicomwebRequest for an unknown or unsearchable attribute, a malformed value or
+    limit/offset. Unknown `includefield` tags are ignored (PS3.18 §8.3.4.3 lets us).
+    """
+    conditions: list[ColumnElement[bool]] = []
+    returned: dict[str, Attr] = {a.tag: a for a in _DEFAULT[level]}
+    limit, offset, warnings = DEFAULT_LIMIT, 0, []
+    for name, value in params:
+        key = name.strip()
+        if key.lower() == "includefield":
+            for item in (v.strip() for v in value.split(",")):
+                if item.lower() == "all":
+                    returned |= {a.tag: a for a in ATTRIBUTES if a.level <= level}
+                elif (attr := _lookup(item)) is not None and attr.level <= level:
+                    returned[attr.tag] = attr
+        elif key.lower() == "limit":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise BadDicomwebRequest(f"limit: {value!r} is not a number from 1 to {MAX_LIMIT}")
+            limit = int(value)
+            if limit > MAX_LIMIT:
+                # Clamped rather than refused, as PS3.18 §8.3.4.4 allows: say so in a Warning.
+                warnings.append(f"limit {limit} reduced to {MAX_LIMIT}")
+                limit = MAX_LIMIT
+        elif key.lower() == "offset":
+            if not value.strip().isdigit():
+                raise BadDicomwebRequest(f"offset: {value!r} is not a non-negative number")
+            offset = int(value)
+        elif key.lower() == "fuzzymatching":
+            pass  # accepted; person names already match case-insensitively
+        else:
+            attr = _lookup(key)
+            if attr is None:
+                raise BadDicomwebRequest(f"unknown or unsearchable attribute: {key[:80]!r}")
+            if attr.level > level:
+                raise BadDicomwebRequest(f"{attr.keyword} cannot be matched at {level.name} level")
+            returned[attr.tag] = attr
+            if value and (cond := _condition(attr, value)) is not None:
+                conditions.append(cond)
+    ordered = sorted(returned.values(), key=lambda a: a.tag)
+    return Query(level, conditions, ordered, limit, offset, warnings)
+
+
+def _element(attr: Attr, value: Any) -> dict[str, Any]:
+    """One DICOM JSON element (PS3.18 §F.2.2); an empty value is present without "Value"."""
+    if value is None or value == "" or value == []:
+        return {"vr": attr.vr}
+    values = value if isinstance(value, list) else [value]
+    if attr.vr == "PN":
+        values = [{"Alphabetic": v} for v in values]
+    return {"vr": attr.vr, "Value": values}
+
+
+def _select(level: Level) -> Select[Any]:
+    # Typed loosely: the columns grow with the level.
+    query = cast(
+        "Select[Any]", select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+    )
+    if level >= Level.SERIES:
+        query = query.add_columns(Series).join(Series, Series.study_pk == Study.id)
+    if level >= Level.INSTANCE:
+        query = query.add_columns(Instance).join(Instance, Instance.series_pk == Series.id)
+    return query
+
+
+def _order(query: Select[Any], level: Level) -> Select[Any]:
+    if level == Level.STUDY:
+        return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
+    if level == Level.SERIES:
+        return query.order_by(Series.series_number, Series.id)
+    return query.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+
+
+def _check_parent(
+    session: Session,
+    actor: auth.Actor,
+    visible: set[int] | None,
+    study_uid: str,
+    series_uid: str | None,
+) -> None:
+    """A study (and series) named in the path must exist and be visible, else not found."""
+    row = session.execute(
+        select(Study.id, Study.institution_id).where(Study.study_instance_uid == study_uid)
+    ).first()
+    shown = row is not None and (visible is None or row[1] in visible)
+    has_series = True
+    if row is not None and shown and series_uid is not None:
+        has_series = bool(
+            session.scalar(
+                select(func.count())
+                .select_from(Series)
+                .where(Series.series_instance_uid == series_uid, Series.study_pk == row[0])
+            )
+        )
+    if shown and has_series:
+        return
+    auth.audit(
+        session,
+        actor,
+        "dicomweb.qido",
+        outcome=AuditOutcome.DENIED if row is not None and not shown else AuditOutcome.FAILED,
+        object_type="study",
+        object_id=study_uid,
+    )
+    if shown:
+        raise SeriesNotFound(f"no series {series_uid} in study {study_uid}")
+    raise StudyNotFound(f"no study {study_uid}")
+
+
+def search(
+    session: Session,
+    actor: auth.Actor,
+    level: Level,
+    params: list[tuple[str, str]],
+    *,
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+) -> SearchResult:
+    """QIDO-RS search within what the actor may see; audited.
+
+    Raises BadDicomwebRequest, StudyNotFound / SeriesNotFound for a parent named in the path
+    that does not exist or is not visible (the two are not told apart).
+    """
+    auth.require(actor, auth.Permission.VIEW_STUDIES)
+    if study_uid is not None:
+        check_uid(study_uid, "Study Instance UID")
+    if series_uid is not None:
+        check_uid(series_uid, "Series Instance UID")
+    query = parse_query(level, params)
+    visible = auth.visible_institutions(session, actor)
+    if study_uid is not None:
+        _check_parent(session, actor, visible, study_uid, series_uid)
+    sql = _select(level)
+    if visible is not None:
+        sql = sql.where(Study.institution_id.in_(visible))
+    if study_uid is not None:
+        sql = sql.where(Study.study_instance_uid == study_uid)
+    if series_uid is not None:
+        sql = sql.where(Series.series_instance_uid == series_uid)
+    for cond in query.conditions:
+        sql = sql.where(cond)
+    rows = session.execute(_order(sql, level).limit(query.limit).offset(query.offset)).all()
+    matches = []
+    for found in rows:
+        row = Row(*found)
+        matches.append({a.tag: _element(a, a.value(row)) for a in query.returned})
+    detail = "&".join(f"{k}={v}" for k, v in params)
+    auth.audit(
+        session,
+        actor,
+        "dicomweb.qido",
+        object_type=level.name.lower(),
+        object_id=series_uid or study_uid or "",
+        detail=f"{len(matches)} matches; {detail}",
+    )
+    return SearchResult(matches, query.warnings)
