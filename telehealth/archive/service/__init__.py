@@ -21,6 +21,7 @@ from telehealth.archive.service.queries import (
     StudyPage,
     get_study,
     list_studies,
+    visible_study,
 )
 from telehealth.archive.service.recovery import RecoveryReport, recover_spool
 from telehealth.archive.service.spool import Spool, SpoolFull, SpoolUnavailable
@@ -52,4 +53,5 @@ __all__ = [
     "mark_stable_studies",
     "parse_header",
     "recover_spool",
+    "visible_study",
 ]

@@ -85,26 +85,46 @@ def list_studies(
     return StudyPage(total=total, rows=[(s, p) for s, p in rows])
 
 
+def visible_study(
+    session: Session,
+    actor: auth.Actor,
+    study_instance_uid: str,
+    *,
+    action: str,
+    object_id: str | None = None,
+) -> tuple[int, int]:
+    """The (primary key, owning institution) of a study the actor may see.
+
+    Raises StudyNotFound for a missing study and for one outside the actor's scope (the two
+    are not told apart), recording the refusal in the audit trail under `action`.
+    """
+    visible = auth.visible_institutions(session, actor)
+    row = session.execute(
+        select(Study.id, Study.institution_id).where(Study.study_instance_uid == study_instance_uid)
+    ).first()
+    if row is None or (visible is not None and row.institution_id not in visible):
+        auth.audit(
+            session,
+            actor,
+            action,
+            outcome=AuditOutcome.DENIED if row is not None else AuditOutcome.FAILED,
+            object_type="study",
+            object_id=object_id or study_instance_uid,
+        )
+        raise StudyNotFound(f"no study {study_instance_uid}")
+    return row.id, row.institution_id
+
+
 def get_study(
     session: Session, actor: auth.Actor, study_instance_uid: str
 ) -> tuple[Study, Patient]:
     """Raises StudyNotFound for a missing study and for one outside the actor's scope."""
     auth.require(actor, auth.Permission.VIEW_STUDIES)
-    visible = auth.visible_institutions(session, actor)
-    row = session.execute(
+    study_pk, _ = visible_study(session, actor, study_instance_uid, action="study.read")
+    study, patient = session.execute(
         select(Study, Patient)
         .join(Patient, Study.patient_pk == Patient.id)
-        .where(Study.study_instance_uid == study_instance_uid)
-    ).first()
-    if row is None or (visible is not None and row[0].institution_id not in visible):
-        auth.audit(
-            session,
-            actor,
-            "study.read",
-            outcome=AuditOutcome.DENIED if row is not None else AuditOutcome.FAILED,
-            object_type="study",
-            object_id=study_instance_uid,
-        )
-        raise StudyNotFound(f"no study {study_instance_uid}")
+        .where(Study.id == study_pk)
+    ).one()
     auth.audit(session, actor, "study.read", object_type="study", object_id=study_instance_uid)
-    return row[0], row[1]
+    return study, patient

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from telehealth.archive.models import Instance, Patient, Series, Study
-from telehealth.archive.service import StudyNotFound
+from telehealth.archive.service import visible_study
 from telehealth.auth import service as auth
 from telehealth.auth.models import AuditOutcome
 from telehealth.dicomweb.service.common import BadDicomwebRequest, SeriesNotFound, check_uid
@@ -313,37 +313,26 @@ def _order(query: Select[Any], level: Level) -> Select[Any]:
 def _check_parent(
     session: Session,
     actor: auth.Actor,
-    visible: set[int] | None,
     study_uid: str,
     series_uid: str | None,
 ) -> None:
     """A study (and series) named in the path must exist and be visible, else not found."""
-    row = session.execute(
-        select(Study.id, Study.institution_id).where(Study.study_instance_uid == study_uid)
-    ).first()
-    shown = row is not None and (visible is None or row[1] in visible)
-    has_series = True
-    if row is not None and shown and series_uid is not None:
-        has_series = bool(
-            session.scalar(
-                select(func.count())
-                .select_from(Series)
-                .where(Series.series_instance_uid == series_uid, Series.study_pk == row[0])
-            )
-        )
-    if shown and has_series:
+    study_pk, _ = visible_study(session, actor, study_uid, action="dicomweb.qido")
+    if series_uid is None or session.scalar(
+        select(func.count())
+        .select_from(Series)
+        .where(Series.series_instance_uid == series_uid, Series.study_pk == study_pk)
+    ):
         return
     auth.audit(
         session,
         actor,
         "dicomweb.qido",
-        outcome=AuditOutcome.DENIED if row is not None and not shown else AuditOutcome.FAILED,
+        outcome=AuditOutcome.FAILED,
         object_type="study",
         object_id=study_uid,
     )
-    if shown:
-        raise SeriesNotFound(f"no series {series_uid} in study {study_uid}")
-    raise StudyNotFound(f"no study {study_uid}")
+    raise SeriesNotFound(f"no series {series_uid} in study {study_uid}")
 
 
 def search(
@@ -368,7 +357,7 @@ def search(
     query = parse_query(level, params)
     visible = auth.visible_institutions(session, actor)
     if study_uid is not None:
-        _check_parent(session, actor, visible, study_uid, series_uid)
+        _check_parent(session, actor, study_uid, series_uid)
     sql = _select(level)
     if visible is not None:
         sql = sql.where(Study.institution_id.in_(visible))

@@ -18,8 +18,8 @@ from pydicom.dataelem import DataElement
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from telehealth.archive.models import Instance, Series, Study
-from telehealth.archive.service import Archive, InstanceNotFound, StudyNotFound
+from telehealth.archive.models import Instance, Series
+from telehealth.archive.service import Archive, InstanceNotFound, visible_study
 from telehealth.auth import service as auth
 from telehealth.auth.models import AuditOutcome
 from telehealth.db import transaction
@@ -63,25 +63,12 @@ def retrieve_targets(
         check_uid(series_uid, "Series Instance UID")
     if sop_uid is not None:
         check_uid(sop_uid, "SOP Instance UID")
-    visible = auth.visible_institutions(session, actor)
-    study = session.execute(
-        select(Study.id, Study.institution_id).where(Study.study_instance_uid == study_uid)
-    ).first()
     target = sop_uid or series_uid or study_uid
-    if study is None or (visible is not None and study.institution_id not in visible):
-        auth.audit(
-            session,
-            actor,
-            "dicomweb.wado",
-            outcome=AuditOutcome.DENIED if study is not None else AuditOutcome.FAILED,
-            object_type="study",
-            object_id=target,
-        )
-        raise StudyNotFound(f"no study {study_uid}")
+    study_pk, _ = visible_study(session, actor, study_uid, action="dicomweb.wado", object_id=target)
     query = (
         select(Series.series_instance_uid, Instance.sop_instance_uid)
         .join(Instance, Instance.series_pk == Series.id)
-        .where(Series.study_pk == study.id)
+        .where(Series.study_pk == study_pk)
     )
     if series_uid is not None:
         query = query.where(Series.series_instance_uid == series_uid)
