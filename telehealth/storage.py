@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,12 +343,3 @@ class EmbeddedS3:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
-
-
-@contextmanager
-def embedded_s3(folder: Path) -> Iterator[S3Endpoint]:
-    server = EmbeddedS3(folder)
-    try:
-        yield server.start()
-    finally:
-        server.stop()

@@ -6,6 +6,7 @@ Every domain test runs on SQLite and on PostgreSQL (TELEHEALTH_TEST_POSTGRES_URL
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -208,6 +211,19 @@ def seed_consortium(session: Session) -> dict[str, int]:
 
 def upload_origin(institution_id: int) -> Origin:
     return Origin(source=IngestSource.UPLOAD, institution_id=institution_id)
+
+
+def sample_copy(path: Path, **attributes: object) -> bytes:
+    """A sample file as a new instance: the given attributes set, and a fresh SOP Instance UID
+    unless one is given (kept in the file meta too)."""
+    ds = dcmread(path)
+    attributes.setdefault("SOPInstanceUID", generate_uid())
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
 
 
 def dev_files(*groups: str) -> list[Path]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
 from fastapi.testclient import TestClient
-from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
@@ -20,7 +18,7 @@ from telehealth.auth.models import AuditEvent, AuditOutcome, Role
 from telehealth.db import transaction
 from telehealth.hub import Hub
 from telehealth.institutions import service as institutions
-from tests.conftest import DEV_DATA, seed_consortium, upload_origin
+from tests.conftest import DEV_DATA, sample_copy, seed_consortium, upload_origin
 
 CT = DEV_DATA / "dicom" / "ct" / "pydicom__CT_small.dcm"
 PASSWORD = "a-long-password"
@@ -37,18 +35,16 @@ def make_instance(
     study_uid: str | None = None,
 ) -> bytes:
     """A copy of the CT sample as a new instance (in a new study unless one is given)."""
-    ds = dcmread(CT)
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.PatientID = patient_id
-    ds.PatientName = patient_name
-    ds.StudyDate = study_date
-    ds.Modality = modality
-    ds.AccessionNumber = accession
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return sample_copy(
+        CT,
+        StudyInstanceUID=study_uid or generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        PatientID=patient_id,
+        PatientName=patient_name,
+        StudyDate=study_date,
+        Modality=modality,
+        AccessionNumber=accession,
+    )
 
 
 @dataclass

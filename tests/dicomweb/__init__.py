@@ -22,7 +22,7 @@ from telehealth.auth import service as auth
 from telehealth.auth.models import Role
 from telehealth.db import transaction
 from telehealth.hub import Hub
-from tests.conftest import DEV_DATA, free_port, seed_consortium, upload_origin
+from tests.conftest import DEV_DATA, free_port, sample_copy, seed_consortium, upload_origin
 
 CT = DEV_DATA / "dicom" / "ct" / "pydicom__CT_small.dcm"
 US_RLE = DEV_DATA / "dicom" / "us" / "pydicom-data__OBXXXX1A_rle_2frame.dcm"  # 2 frames, RLE
@@ -40,18 +40,16 @@ def ct_instance(
     accession: str,
 ) -> bytes:
     """A copy of the CT sample as a new instance of the given series."""
-    ds = dcmread(CT)
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.InstanceNumber = number
-    ds.PatientID = patient_id
-    ds.PatientName = patient_name
-    ds.StudyDate = study_date
-    ds.AccessionNumber = accession
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    return sample_copy(
+        CT,
+        StudyInstanceUID=study_uid,
+        SeriesInstanceUID=series_uid,
+        InstanceNumber=number,
+        PatientID=patient_id,
+        PatientName=patient_name,
+        StudyDate=study_date,
+        AccessionNumber=accession,
+    )
 
 
 def sha256(data: bytes) -> str:

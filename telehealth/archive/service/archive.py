@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from telehealth.archive.models import IngestSource, Instance, StorageState, Study
+from telehealth.archive.models import Instance, StorageState, Study
 from telehealth.archive.service.header import InstanceHeader, parse_header
 from telehealth.archive.service.index import (
     IndexOutcome,
@@ -260,7 +260,3 @@ class Archive:
                     recover_spool(self, min_age_seconds=RECONCILE_MIN_AGE_SECONDS)
                 except Exception:
                     log.exception("spool reconciliation failed; will try again")
-
-
-def internal_origin(institution_id: int) -> Origin:
-    return Origin(source=IngestSource.INTERNAL, institution_id=institution_id)
