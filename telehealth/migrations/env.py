@@ -4,6 +4,7 @@ from alembic import context
 
 import telehealth.archive.models
 import telehealth.auth.models
+import telehealth.dicomweb.models
 import telehealth.institutions.models  # noqa: F401  (tables register on Base.metadata)
 from telehealth.db import Base
 
