@@ -19,6 +19,7 @@ from telehealth.auth import service as auth
 from telehealth.clock import SYSTEM_CLOCK, Clock
 from telehealth.config import Settings
 from telehealth.db import create_db_engine, make_session_factory, migrate, ping
+from telehealth.dicomweb.service import MetadataWarmer
 from telehealth.events import EventBus
 from telehealth.storage import EmbeddedS3, ObjectStore, S3Endpoint
 
@@ -39,6 +40,7 @@ class Hub:
         self.store: ObjectStore
         self.spool: Spool
         self.archive: Archive
+        self.metadata_warmer: MetadataWarmer
         self.dicom_node: DicomNode | None = None
         self.secret: str
         self.token_ttl = timedelta(minutes=settings.token_ttl_minutes)
@@ -68,6 +70,7 @@ class Hub:
             upload_retry_seconds=settings.upload_retry_seconds,
             study_stable_seconds=settings.study_stable_seconds,
         )
+        self.metadata_warmer = MetadataWarmer(self.archive, self.factory, self.events)
         return self
 
     def _s3_endpoint(self) -> S3Endpoint:
@@ -110,6 +113,7 @@ class Hub:
         """
         if background:
             self.archive.start()
+            self.metadata_warmer.start()
         if dicom:
             from dicom_node.server import DicomNode
 
@@ -120,6 +124,8 @@ class Hub:
         if self.dicom_node is not None:
             self.dicom_node.stop()
             self.dicom_node = None
+        if hasattr(self, "metadata_warmer"):
+            self.metadata_warmer.stop()
         if hasattr(self, "archive"):
             self.archive.stop()
         if hasattr(self, "engine"):

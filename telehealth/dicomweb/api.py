@@ -141,7 +141,7 @@ def _targets(
 
 def _multipart(hub: HubDep, refs: list[InstanceRef], boundary: str) -> Iterator[bytes]:
     try:
-        for _, data in service.read_each(hub.archive, hub.factory, refs):
+        for _, data in service.read_each(hub.archive, refs):
             yield (
                 f"--{boundary}\r\nContent-Type: application/dicom\r\n"
                 f"Content-Length: {len(data)}\r\n\r\n"
@@ -168,8 +168,8 @@ def _metadata(request: Request, hub: HubDep, refs: list[InstanceRef]) -> Respons
 
     def body() -> Iterator[bytes]:
         yield b"["
-        for i, meta in enumerate(service.metadata_for_each(hub.archive, hub.factory, refs, root)):
-            yield (b"," if i else b"") + json.dumps(meta).encode()
+        for i, text in enumerate(service.metadata_texts(hub.archive, hub.factory, refs, root)):
+            yield (b"," if i else b"") + text.encode()
         yield b"]"
 
     return StreamingResponse(body(), media_type=DICOM_JSON)

@@ -1,6 +1,11 @@
 """The archive: one ingest path, spool, index, uploads to the object store, reads, fsck."""
 
-from telehealth.archive.service.archive import Archive, IngestResult, InstanceNotFound
+from telehealth.archive.service.archive import (
+    Archive,
+    IngestResult,
+    InstanceLocation,
+    InstanceNotFound,
+)
 from telehealth.archive.service.fsck import FsckReport, fsck
 from telehealth.archive.service.header import (
     InstanceHeader,
@@ -34,6 +39,7 @@ __all__ = [
     "IndexOutcome",
     "IngestResult",
     "InstanceHeader",
+    "InstanceLocation",
     "InstanceNotFound",
     "MalformedInstance",
     "MissingIdentifier",

@@ -44,6 +44,16 @@ class InstanceNotFound(NotFound):
 
 
 @dataclass(frozen=True)
+class InstanceLocation:
+    """Where an instance's bytes were when the index was read: spool file or object key."""
+
+    sop_instance_uid: str
+    state: StorageState
+    spool_name: str | None
+    object_key: str
+
+
+@dataclass(frozen=True)
 class IngestResult:
     outcome: IndexOutcome
     sop_instance_uid: str
@@ -194,6 +204,22 @@ class Archive:
         raise AssertionError("unreachable")
 
     # --- the one way out ---------------------------------------------------------------------
+
+    def read_at(self, location: InstanceLocation) -> bytes:
+        """The bytes at a location looked up earlier (for many instances in one query).
+
+        Needs no transaction, so a long retrieve does not open one per instance (on SQLite
+        each takes the write lock). Falls back to read_instance when the uploader moved
+        the file or a replace changed the object since the lookup.
+        Raises InstanceNotFound, StoreUnavailable.
+        """
+        try:
+            if location.state == StorageState.SPOOLED and location.spool_name:
+                return self.spool.read(location.spool_name)
+            return self.store.get_bytes(location.object_key)
+        except (FileNotFoundError, ObjectMissing):
+            with transaction(self.factory) as session:
+                return self.read_instance(session, location.sop_instance_uid)
 
     def read_instance(self, session: Session, sop_instance_uid: str) -> bytes:
         """The bytes of an instance, from the spool or the object store, wherever they are.

@@ -8,18 +8,26 @@ session held while a slow client downloads would stall every ingest.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from telehealth.archive.models import Instance, Series
-from telehealth.archive.service import Archive, InstanceNotFound, visible_study
+from telehealth.archive.service import (
+    Archive,
+    InstanceLocation,
+    InstanceNotFound,
+    visible_study,
+)
 from telehealth.auth import service as auth
 from telehealth.auth.models import AuditOutcome
 from telehealth.db import transaction
@@ -31,6 +39,9 @@ log = logging.getLogger(__name__)
 # wants the header fast and fetches pixels separately.
 BULK_DATA_THRESHOLD = 1024
 _PIXEL_TAGS = ("7FE00008", "7FE00009", "7FE00010")  # Float, Double Float, Pixel Data
+# Parallel object reads per retrieve; shared by all requests so load stays bounded.
+READ_AHEAD = 4
+_READERS = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="wado-read")
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,10 @@ class InstanceRef:
     study_uid: str
     series_uid: str
     sop_uid: str
+    # From the same index read, so a retrieve needs no further query per instance.
+    instance_pk: int = 0
+    sha256: str = ""
+    location: InstanceLocation | None = None
 
     def path(self) -> str:
         """The instance's resource path under the DICOMweb root (PS3.18 §10.4.1)."""
@@ -66,7 +81,15 @@ def retrieve_targets(
     target = sop_uid or series_uid or study_uid
     study_pk, _ = visible_study(session, actor, study_uid, action="dicomweb.wado", object_id=target)
     query = (
-        select(Series.series_instance_uid, Instance.sop_instance_uid)
+        select(
+            Series.series_instance_uid,
+            Instance.sop_instance_uid,
+            Instance.id,
+            Instance.sha256,
+            Instance.state,
+            Instance.spool_name,
+            Instance.object_key,
+        )
         .join(Instance, Instance.series_pk == Series.id)
         .where(Series.study_pk == study_pk)
     )
@@ -97,21 +120,50 @@ def retrieve_targets(
         object_id=target,
         detail=f"{len(rows)} instances",
     )
-    return [InstanceRef(study_uid, series, sop) for series, sop in rows]
+    return [
+        InstanceRef(
+            study_uid,
+            series,
+            sop,
+            instance_pk=pk,
+            sha256=digest,
+            location=InstanceLocation(sop, state, spool_name, key),
+        )
+        for series, sop, pk, digest, state, spool_name, key in rows
+    ]
 
 
 def read_each(
-    archive: Archive, factory: sessionmaker[Session], refs: list[InstanceRef]
+    archive: Archive, refs: list[InstanceRef], *, ahead: int = READ_AHEAD
 ) -> Iterator[tuple[InstanceRef, bytes]]:
-    """Each instance's bytes exactly as stored, one at a time, each in a short transaction.
+    """Each instance's bytes exactly as stored, in order, with up to `ahead` reads in flight.
 
+    An object store answers one GET at a time far slower than a client can take a stream;
+    reading ahead in parallel keeps the stream full while holding at most `ahead` instances.
     Raises InstanceNotFound or StoreUnavailable part-way through; by then the response has
     started, so the caller can only cut the stream short (the client sees it truncated).
     """
-    for ref in refs:
-        with transaction(factory) as session:
-            data = archive.read_instance(session, ref.sop_uid)
-        yield ref, data
+
+    def read(ref: InstanceRef) -> bytes:
+        if ref.location is None:
+            with transaction(archive.factory) as session:
+                return archive.read_instance(session, ref.sop_uid)
+        return archive.read_at(ref.location)
+
+    pending: deque[tuple[InstanceRef, futures.Future[bytes]]] = deque()
+    queued = iter(refs)
+    try:
+        for ref in itertools.islice(queued, ahead):
+            pending.append((ref, _READERS.submit(read, ref)))
+        while pending:
+            ref, reading = pending.popleft()
+            data = reading.result()
+            for following in itertools.islice(queued, 1):
+                pending.append((following, _READERS.submit(read, following)))
+            yield ref, data
+    finally:
+        for _, reading in pending:  # the client went away: do not read the rest
+            reading.cancel()
 
 
 def instance_metadata(data: bytes, bulk_base: str) -> dict[str, Any]:
@@ -136,9 +188,3 @@ def instance_metadata(data: bytes, bulk_base: str) -> dict[str, Any]:
     return meta
 
 
-def metadata_for_each(
-    archive: Archive, factory: sessionmaker[Session], refs: list[InstanceRef], root: str
-) -> Iterator[dict[str, Any]]:
-    """DICOM JSON of each instance, read one at a time; `root` is the DICOMweb base URL."""
-    for ref, data in read_each(archive, factory, refs):
-        yield instance_metadata(data, root + ref.path())
