@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
     # Refuse new instances (Out of Resources) when the spool disk has less than this free.
     spool_min_free_bytes: int = 512 * 1024 * 1024
+    # Uploaded instances stay on local disk up to this size, for fast reads; 0 turns it off.
+    read_cache_bytes: int = 4 * 1024**3
     upload_workers: int = 4
     upload_retry_seconds: float = 2.0
     study_stable_seconds: float = 60.0
@@ -81,6 +83,10 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.data_dir / "spool"
+
+    @property
+    def read_cache_dir(self) -> Path:
+        return self.data_dir / "cache"
 
     @property
     def s3_dir(self) -> Path:

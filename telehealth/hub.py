@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from telehealth.archive.service import Archive, Spool
+from telehealth.archive.service import Archive, ReadCache, Spool
 from telehealth.auth import service as auth
 from telehealth.clock import SYSTEM_CLOCK, Clock
 from telehealth.config import Settings
@@ -69,6 +69,7 @@ class Hub:
             upload_workers=settings.upload_workers,
             upload_retry_seconds=settings.upload_retry_seconds,
             study_stable_seconds=settings.study_stable_seconds,
+            read_cache=ReadCache(settings.read_cache_dir, max_bytes=settings.read_cache_bytes),
         )
         self.metadata_warmer = MetadataWarmer(self.archive, self.factory, self.events)
         return self

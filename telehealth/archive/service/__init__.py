@@ -28,6 +28,7 @@ from telehealth.archive.service.queries import (
     list_studies,
     visible_study,
 )
+from telehealth.archive.service.read_cache import ReadCache
 from telehealth.archive.service.recovery import RecoveryReport, recover_spool
 from telehealth.archive.service.spool import Spool, SpoolFull, SpoolUnavailable
 from telehealth.archive.service.stability import mark_stable_studies
@@ -44,6 +45,7 @@ __all__ = [
     "MalformedInstance",
     "MissingIdentifier",
     "Origin",
+    "ReadCache",
     "RecoveryReport",
     "Spool",
     "SpoolFull",

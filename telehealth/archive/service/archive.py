@@ -22,6 +22,7 @@ from telehealth.archive.service.index import (
     StoredCopy,
     index_instance,
 )
+from telehealth.archive.service.read_cache import ReadCache
 from telehealth.archive.service.spool import Spool
 from telehealth.archive.service.stability import mark_stable_studies
 from telehealth.archive.service.uploader import Uploader, UploadJob
@@ -77,6 +78,7 @@ class Archive:
         upload_workers: int = 4,
         upload_retry_seconds: float = 2.0,
         study_stable_seconds: float = 60.0,
+        read_cache: ReadCache | None = None,
     ) -> None:
         self.factory = factory
         self.spool = spool
@@ -85,11 +87,13 @@ class Archive:
         self.events = events
         self.duplicate_policy = duplicate_policy
         self.study_stable_seconds = study_stable_seconds
+        self.read_cache = read_cache
         self.uploader = Uploader(
             factory,
             spool,
             store,
             clock,
+            read_cache=read_cache,
             workers=upload_workers,
             retry_seconds=upload_retry_seconds,
         )
@@ -216,7 +220,7 @@ class Archive:
         try:
             if location.state == StorageState.SPOOLED and location.spool_name:
                 return self.spool.read(location.spool_name)
-            return self.store.get_bytes(location.object_key)
+            return self._read_stored(location.object_key)
         except (FileNotFoundError, ObjectMissing):
             with transaction(self.factory) as session:
                 return self.read_instance(session, location.sop_instance_uid)
@@ -239,15 +243,20 @@ class Archive:
                 try:
                     return self.spool.read(spool_name)
                 except FileNotFoundError:
-                    session.expire_all()  # the uploader moved it meanwhile; look again
-                    session.rollback()
+                    # The uploader moved it meanwhile: look again (each statement sees the
+                    # latest commits under READ COMMITTED; rolling back here would end the
+                    # caller's transaction).
                     continue
             try:
-                return self.store.get_bytes(key)
+                return self._read_stored(key)
             except ObjectMissing:
-                session.rollback()
-                continue
+                continue  # replaced meanwhile: the row now names another object
         raise InstanceNotFound(f"instance {sop_instance_uid} is indexed but its bytes are missing")
+
+    def _read_stored(self, key: str) -> bytes:
+        if self.read_cache is not None and (data := self.read_cache.get(key)) is not None:
+            return data
+        return self.store.get_bytes(key)
 
     # --- study stable ------------------------------------------------------------------------
 

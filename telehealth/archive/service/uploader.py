@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from telehealth.archive.models import Instance, StorageState, SupersededObject
+from telehealth.archive.service.read_cache import ReadCache
 from telehealth.archive.service.spool import Spool
 from telehealth.clock import Clock
 from telehealth.db import transaction
@@ -39,6 +40,7 @@ class Uploader:
         store: ObjectStore,
         clock: Clock,
         *,
+        read_cache: ReadCache | None = None,
         workers: int = 4,
         retry_seconds: float = 2.0,
         yield_seconds: float = 0.5,
@@ -49,6 +51,7 @@ class Uploader:
         self.spool = spool
         self.store = store
         self.clock = clock
+        self.read_cache = read_cache
         self.workers = workers
         self.retry_seconds = retry_seconds
         self._jobs: queue.Queue[UploadJob | None] = queue.Queue()
@@ -222,7 +225,10 @@ class Uploader:
                 if self._stop.wait(self.retry_seconds):
                     return
         for job, _ in batch:
-            self.spool.remove(job.spool_name)
+            if self.read_cache is not None:
+                self.read_cache.adopt(self.spool.path(job.spool_name), job.object_key)
+            else:
+                self.spool.remove(job.spool_name)
             self._finish(job, uploaded=True)
 
     def _finish(self, job: UploadJob, *, uploaded: bool) -> None:
