@@ -14,6 +14,7 @@ from telehealth.archive.service import InstanceNotFound, ReadCache
 from telehealth.db import transaction
 from telehealth.hub import Hub
 from tests.conftest import DEV_DATA, sample_copy, seed_consortium, upload_origin
+from tests.faults import wait_for
 
 CT = DEV_DATA / "dicom" / "ct" / "pydicom__CT_small.dcm"
 
@@ -88,3 +89,25 @@ def test_read_cache_unit(tmp_path: Path) -> None:
     assert cache.get("dicom/1.2.0/abc0.dcm") is None  # the oldest went first
     assert sum(p.stat().st_size for p in (tmp_path / "cache").iterdir()) <= 250
     assert ReadCache(tmp_path / "cache", max_bytes=250).get("dicom/1.2.3/abc3.dcm") is not None
+
+
+def test_an_instance_read_from_the_store_is_kept_for_the_next_read(
+    hub_factory: Callable[..., Hub],
+) -> None:
+    hub = hub_factory(dicom=False)
+    sent = ingest_uploaded(hub, 1)
+    for entry in hub.settings.read_cache_dir.iterdir():  # an older study, long evicted
+        entry.unlink()
+    sop, data = next(iter(sent.items()))
+    assert read(hub, sop) == data  # from the object store …
+    wait_for(lambda: any(hub.settings.read_cache_dir.iterdir()), timeout=10, what="kept")
+    remove_objects(hub)
+    assert read(hub, sop) == data  # … and now from the cache
+
+
+def test_put_is_atomic_and_idempotent(tmp_path: Path) -> None:
+    cache = ReadCache(tmp_path / "cache", max_bytes=1000)
+    cache.put("dicom/1.2/abc.dcm", b"x" * 100)
+    cache.put("dicom/1.2/abc.dcm", b"x" * 100)
+    assert cache.get("dicom/1.2/abc.dcm") == b"x" * 100
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["dicom_1.2_abc.dcm"]

@@ -254,9 +254,14 @@ class Archive:
         raise InstanceNotFound(f"instance {sop_instance_uid} is indexed but its bytes are missing")
 
     def _read_stored(self, key: str) -> bytes:
-        if self.read_cache is not None and (data := self.read_cache.get(key)) is not None:
-            return data
-        return self.store.get_bytes(key)
+        if self.read_cache is None:
+            return self.store.get_bytes(key)
+        data = self.read_cache.get(key)
+        if data is None:
+            data = self.store.get_bytes(key)
+            # A viewer asks for one instance again and again (a frame at a time).
+            self._writer.submit(self.read_cache.put, key, data)
+        return data
 
     # --- study stable ------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,29 @@ class ReadCache:
             log.warning("could not cache an uploaded instance: %s", exc.strerror)
             path.unlink(missing_ok=True)
             return
-        with self._lock:
-            self._total += size
-            over = self._total > self.max_bytes
-        if over:
-            self._evict()
+        self._added(size)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Keep bytes just read from the object store (an older study being read again).
+
+        Synced before it is renamed into place: a torn entry after a power cut would be
+        served as the instance. Call it off the request path; it costs an fsync.
+        """
+        path = self._path(key)
+        if not self.enabled or path.exists():
+            return
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        try:
+            with open(temporary, "xb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:
+            log.warning("could not cache a read instance: %s", exc.strerror)
+            temporary.unlink(missing_ok=True)
+            return
+        self._added(len(data))
 
     def get(self, key: str) -> bytes | None:
         if not self.enabled:
@@ -66,6 +85,13 @@ class ReadCache:
         except FileNotFoundError:
             return None
         return data
+
+    def _added(self, size: int) -> None:
+        with self._lock:
+            self._total += size
+            over = self._total > self.max_bytes
+        if over:
+            self._evict()
 
     def _evict(self) -> None:
         with self._lock:
