@@ -33,6 +33,10 @@ class BadRequest(Invalid):
     """The request itself is malformed (a query parameter, a UID in a path): HTTP 400."""
 
 
+class NotAcceptable(DomainError):
+    """Nothing the client accepts can be made of the resource (HTTP content negotiation)."""
+
+
 class Overloaded(DomainError):
     """A resource is exhausted or a dependency is down; the sender should retry later."""
 
@@ -47,6 +51,7 @@ WIRE: dict[type[DomainError], tuple[int, int]] = {
     Invalid: (422, 0xC000),  # Error: Cannot Understand
     TooLarge: (413, 0xA700),  # Refused: Out of Resources
     BadRequest: (400, 0xC000),  # Error: Cannot Understand
+    NotAcceptable: (406, 0xC000),  # Error: Cannot Understand
     Overloaded: (503, 0xA700),  # Refused: Out of Resources; the modality retries later
 }
 

@@ -95,11 +95,7 @@ async def upload_instance(
         chunks.append(chunk)
     if not size:
         raise Invalid("empty upload")
-    origin = service.Origin(
-        source=IngestSource.UPLOAD,
-        institution_id=actor.institution_id,
-        address=actor.address,
-    )
+    origin = service.origin_for(actor, IngestSource.UPLOAD)
     from starlette.concurrency import run_in_threadpool
 
     result = await run_in_threadpool(hub.archive.ingest, b"".join(chunks), origin)

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from telehealth.db import transaction
 from telehealth.deps import ActorOutsideSession, CurrentActor, HubDep, SessionDep
@@ -242,3 +243,261 @@ def series_metadata(
     if not _accepts_json(request):
         return _not_acceptable(DICOM_JSON)
     return _metadata(request, hub, _targets(hub, actor, study, series))
+
+
+# --- STOW-RS ----------------------------------------------------------------------------------
+
+_STOW_PART = "application/dicom"
+_STOW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            'multipart/related; type="application/dicom"': {
+                "schema": {"type": "string", "format": "binary"}
+            }
+        },
+    }
+}
+
+
+def _content_type(request: Request) -> tuple[str, dict[str, str]]:
+    """The Content-Type as (type, parameters); values keep their case (a boundary needs it)."""
+    kind, *params = (p.strip() for p in request.headers.get("content-type", "").split(";"))
+    values = {}
+    for param in params:
+        name, _, value = param.partition("=")
+        values[name.strip().lower()] = value.strip().strip('"')
+    return kind.lower(), values
+
+
+def _stow_status(result: service.StowResult) -> int:
+    # PS3.18 §10.5.3: 200 all stored, 202 some failed, 409 none stored; 413 when the request
+    # limit cut the body before anything was stored.
+    if not result.failed:
+        return 200
+    if result.stored:
+        return 202
+    return 413 if result.cut_short else 409
+
+
+async def _stow(
+    request: Request, hub: HubDep, actor: ActorOutsideSession, study: str | None
+) -> Response:
+    kind, params = _content_type(request)
+    # Only the application/dicom flavour; the metadata + bulk data one (dicom+json) is not taken.
+    if kind != "multipart/related" or params.get("type", _STOW_PART).lower() != _STOW_PART:
+        return JSONResponse(
+            {
+                "detail": f'STOW-RS takes multipart/related; type="{_STOW_PART}"',
+                "error": "UnsupportedMediaType",
+            },
+            status_code=415,
+        )
+    boundary = params.get("boundary", "")
+    if not boundary:
+        raise service.BadDicomwebRequest("multipart/related without a boundary parameter")
+    declared = request.headers.get("content-length", "")
+    limits = service.StowLimits(hub.settings.stow_max_part_bytes, hub.settings.stow_max_bytes)
+    try:
+        result = await service.store_instances(
+            hub.archive,
+            hub.factory,
+            actor,
+            request.stream(),
+            boundary,
+            limits,
+            study_uid=study,
+            declared_length=int(declared) if declared.isdigit() else None,
+        )
+    except ClientDisconnect:
+        # Nobody is left to answer; the parts stored so far stay stored (the service logs it).
+        return Response(status_code=400)
+    root = str(request.base_url).rstrip("/") + router.prefix
+    return Response(
+        json.dumps(result.response(root)),
+        status_code=_stow_status(result),
+        media_type=DICOM_JSON,
+    )
+
+
+@router.post("/studies", openapi_extra=_STOW_BODY)
+async def store_instances(request: Request, hub: HubDep, actor: ActorOutsideSession) -> Response:
+    """Store instances (PS3.18 §10.5), each part of the body one DICOM instance."""
+    return await _stow(request, hub, actor, None)
+
+
+@router.post("/studies/{study}", openapi_extra=_STOW_BODY)
+async def store_study_instances(
+    study: str, request: Request, hub: HubDep, actor: ActorOutsideSession
+) -> Response:
+    """Store instances of one study (PS3.18 §10.5); an instance of another study fails."""
+    return await _stow(request, hub, actor, study)
+
+
+# --- frames, bulk data, rendered --------------------------------------------------------------
+
+_INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
+
+
+def _instance_bytes(
+    hub: HubDep, actor: ActorOutsideSession, study: str, series: str, instance: str
+) -> bytes:
+    # Scoped and audited like every retrieve; the read needs no transaction (see service.wado).
+    [ref] = _targets(hub, actor, study, series, instance)
+    return service.read_instance_bytes(hub.archive, ref)
+
+
+def _parts_response(result: service.Parts) -> Response:
+    if not result.multipart:
+        [part] = result.parts
+        return Response(part.data, media_type=part.content_type, headers=_NO_GZIP)
+    boundary = uuid.uuid4().hex
+    pieces = []
+    for part in result.parts:
+        pieces.append(
+            f"--{boundary}\r\nContent-Type: {part.content_type}\r\n"
+            f"Content-Length: {len(part.data)}\r\n\r\n".encode()
+        )
+        pieces += [part.data, b"\r\n"]
+    pieces.append(f"--{boundary}--\r\n".encode())
+    media_type = (
+        f'multipart/related; type="{result.media_type}"; '
+        f"transfer-syntax={result.transfer_syntax}; boundary={boundary}"
+    )
+    return Response(b"".join(pieces), media_type=media_type, headers=_NO_GZIP)
+
+
+def _image_response(image: service.Rendered) -> Response:
+    return Response(image.body, media_type=image.media_type, headers=_NO_GZIP)
+
+
+@router.get(_INSTANCE + "/frames/{frames}")
+def retrieve_frames(
+    study: str,
+    series: str,
+    instance: str,
+    frames: str,
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+) -> Response:
+    """Frames (PS3.18 §10.4.1.1.3), `1` or `1,3,5`: as stored with `transfer-syntax=*`,
+    else uncompressed little endian."""
+    numbers = service.parse_frame_numbers(frames)  # a malformed list costs no store read
+    data = _instance_bytes(hub, actor, study, series, instance)
+    result = service.retrieve_frames(data, numbers, request.headers.get("accept"))
+    return _parts_response(result)
+
+
+@router.get(_INSTANCE + "/bulk/{path:path}")
+def retrieve_bulk_data(
+    study: str,
+    series: str,
+    instance: str,
+    path: str,
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+) -> Response:
+    """Bulk data named by metadata's BulkDataURIs: a tag, or sequence/item/tag when nested.
+
+    Multipart unless the client asks for exactly application/octet-stream."""
+    service.check_bulk_path(path)
+    data = _instance_bytes(hub, actor, study, series, instance)
+    result = service.retrieve_bulk_data(data, path, request.headers.get("accept"))
+    return _parts_response(result)
+
+
+def _rendered(
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+    ids: tuple[str, str, str],
+    frame: str | None = None,
+    *,
+    thumbnail: bool = False,
+) -> Response:
+    options = service.parse_render_options(request.query_params.multi_items(), thumbnail=thumbnail)
+    number = service.parse_rendered_frame(frame) if frame is not None else None
+    data = _instance_bytes(hub, actor, *ids)
+    image = service.render_instance(
+        data, request.headers.get("accept"), options, frame=number, thumbnail=thumbnail
+    )
+    return _image_response(image)
+
+
+@router.get(_INSTANCE + "/rendered")
+def render_instance(
+    study: str,
+    series: str,
+    instance: str,
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+) -> Response:
+    """The first frame as image/jpeg (or png, gif), PS3.18 §10.4.1.1.5: window=c,w,function,
+    viewport=w,h, quality=1..100."""
+    return _rendered(request, hub, actor, (study, series, instance))
+
+
+@router.get(_INSTANCE + "/frames/{frame}/rendered")
+def render_frame(
+    study: str,
+    series: str,
+    instance: str,
+    frame: str,
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+) -> Response:
+    return _rendered(request, hub, actor, (study, series, instance), frame)
+
+
+@router.get(_INSTANCE + "/thumbnail")
+def instance_thumbnail(
+    study: str,
+    series: str,
+    instance: str,
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+) -> Response:
+    """A small rendering (PS3.18 §10.4.1.1.6), 128 pixels unless viewport=w,h says."""
+    return _rendered(request, hub, actor, (study, series, instance), thumbnail=True)
+
+
+@router.get(_INSTANCE + "/frames/{frame}/thumbnail")
+def frame_thumbnail(
+    study: str,
+    series: str,
+    instance: str,
+    frame: str,
+    request: Request,
+    hub: HubDep,
+    actor: ActorOutsideSession,
+) -> Response:
+    return _rendered(request, hub, actor, (study, series, instance), frame, thumbnail=True)
+
+
+def _group_thumbnail(
+    request: Request, hub: HubDep, actor: ActorOutsideSession, refs: list[InstanceRef]
+) -> Response:
+    options = service.parse_render_options(request.query_params.multi_items(), thumbnail=True)
+    image = service.render_thumbnail(hub.archive, refs, request.headers.get("accept"), options)
+    return _image_response(image)
+
+
+@router.get("/studies/{study}/series/{series}/thumbnail")
+def series_thumbnail(
+    study: str, series: str, request: Request, hub: HubDep, actor: ActorOutsideSession
+) -> Response:
+    """The series' middle image as a thumbnail."""
+    return _group_thumbnail(request, hub, actor, _targets(hub, actor, study, series))
+
+
+@router.get("/studies/{study}/thumbnail")
+def study_thumbnail(
+    study: str, request: Request, hub: HubDep, actor: ActorOutsideSession
+) -> Response:
+    """The middle image of the study's first series that has images, as a thumbnail."""
+    return _group_thumbnail(request, hub, actor, _targets(hub, actor, study))

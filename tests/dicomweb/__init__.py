@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import requests
@@ -192,4 +193,34 @@ def multipart_parts(response: httpx.Response) -> list[bytes]:
         assert headers["Content-Type"] == "application/dicom"
         length = int(headers["Content-Length"])
         parts.append(body[head_end + 4 : head_end + 4 + length])
+        pos = head_end + 4 + length
+
+
+def fresh_copy(path: Path, **attributes: object) -> bytes:
+    """A sample as an instance of a new study and series, so samples sharing UIDs coexist."""
+    return sample_copy(
+        path,
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        **attributes,
+    )
+
+
+def related_parts(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    """Each part of any multipart/related response as (headers, body), by Content-Length."""
+    content_type = response.headers["content-type"]
+    assert content_type.startswith("multipart/related"), content_type
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    body, pos = response.content, 0
+    parts: list[tuple[dict[str, str], bytes]] = []
+    while True:
+        start = body.index(b"--" + boundary, pos) + len(boundary) + 2
+        if body[start : start + 2] == b"--":
+            return parts
+        head_end = body.index(b"\r\n\r\n", start)
+        headers = dict(
+            line.split(": ", 1) for line in body[start:head_end].decode().split("\r\n") if line
+        )
+        length = int(headers["Content-Length"])
+        parts.append((headers, body[head_end + 4 : head_end + 4 + length]))
         pos = head_end + 4 + length

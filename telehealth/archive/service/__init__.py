@@ -1,5 +1,6 @@
 """The archive: one ingest path, spool, index, uploads to the object store, reads, fsck."""
 
+from telehealth.archive.models import IngestSource
 from telehealth.archive.service.archive import (
     Archive,
     IngestResult,
@@ -32,6 +33,17 @@ from telehealth.archive.service.read_cache import ReadCache
 from telehealth.archive.service.recovery import RecoveryReport, recover_spool
 from telehealth.archive.service.spool import Spool, SpoolFull, SpoolUnavailable
 from telehealth.archive.service.stability import mark_stable_studies
+from telehealth.auth.service import Actor
+
+
+def origin_for(actor: Actor, source: IngestSource) -> Origin:
+    """Origin of what a logged-in user sends over HTTP (upload, STOW-RS).
+
+    The user's institution owns it, as a calling AE's institution owns what it C-STOREs;
+    the client address goes into the index for tracing.
+    """
+    return Origin(source=source, institution_id=actor.institution_id, address=actor.address)
+
 
 __all__ = [
     "Archive",
@@ -59,6 +71,7 @@ __all__ = [
     "get_study",
     "list_studies",
     "mark_stable_studies",
+    "origin_for",
     "parse_header",
     "recover_spool",
     "visible_study",

@@ -21,10 +21,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from telehealth.archive.models import Instance, Series, Study
-from telehealth.archive.service import Archive, InstanceLocation
+from telehealth.archive.service import Archive
 from telehealth.db import DatabaseUnavailable, transaction
 from telehealth.dicomweb.models import InstanceMetadata
-from telehealth.dicomweb.service.wado import InstanceRef, instance_metadata, read_each
+from telehealth.dicomweb.service.wado import (
+    REF_COLUMNS,
+    InstanceRef,
+    instance_metadata,
+    instance_ref,
+    read_each,
+)
 from telehealth.events import EventBus, Topic
 
 log = logging.getLogger(__name__)
@@ -69,8 +75,9 @@ def _load(session: Session, refs: list[InstanceRef]) -> dict[int, str]:
     keys = list(wanted)
     for start in range(0, len(keys), _LOAD_CHUNK):
         rows = session.execute(
-            select(InstanceMetadata.instance_pk, InstanceMetadata.sha256, InstanceMetadata.json)
-            .where(InstanceMetadata.instance_pk.in_(keys[start : start + _LOAD_CHUNK]))
+            select(
+                InstanceMetadata.instance_pk, InstanceMetadata.sha256, InstanceMetadata.json
+            ).where(InstanceMetadata.instance_pk.in_(keys[start : start + _LOAD_CHUNK]))
         ).all()
         kept.update((pk, text) for pk, digest, text in rows if wanted[pk] == digest)
     return kept
@@ -111,34 +118,15 @@ def _save(factory: sessionmaker[Session], batch: Iterable[tuple[InstanceRef, str
 def unwarmed_refs(session: Session, study_uid: str) -> list[InstanceRef]:
     """Instances of a study whose kept metadata is missing or describes an older version."""
     rows = session.execute(
-        select(
-            Series.series_instance_uid,
-            Instance.sop_instance_uid,
-            Instance.id,
-            Instance.sha256,
-            Instance.state,
-            Instance.spool_name,
-            Instance.object_key,
-            InstanceMetadata.sha256,
-        )
+        select(*REF_COLUMNS, InstanceMetadata.sha256)
         .select_from(Study)
         .join(Series, Series.study_pk == Study.id)
         .join(Instance, Instance.series_pk == Series.id)
         .outerjoin(InstanceMetadata, InstanceMetadata.instance_pk == Instance.id)
         .where(Study.study_instance_uid == study_uid)
     ).all()
-    return [
-        InstanceRef(
-            study_uid,
-            series,
-            sop,
-            instance_pk=pk,
-            sha256=digest,
-            location=InstanceLocation(sop, state, spool_name, key),
-        )
-        for series, sop, pk, digest, state, spool_name, key, kept in rows
-        if kept != digest
-    ]
+    # The last column is the kept metadata's sha256: missing or another version.
+    return [instance_ref(study_uid, row) for row in rows if row[-1] != row[3]]
 
 
 class MetadataWarmer:

@@ -11,13 +11,14 @@ import io
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -59,6 +60,31 @@ class InstanceRef:
         return f"/studies/{self.study_uid}/series/{self.series_uid}/instances/{self.sop_uid}"
 
 
+# What an InstanceRef needs from the index, in instance_ref's order.
+REF_COLUMNS = (
+    Series.series_instance_uid,
+    Instance.sop_instance_uid,
+    Instance.id,
+    Instance.sha256,
+    Instance.state,
+    Instance.spool_name,
+    Instance.object_key,
+)
+
+
+def instance_ref(study_uid: str, row: Sequence[Any]) -> InstanceRef:
+    """An InstanceRef from a row that starts with REF_COLUMNS."""
+    series, sop, pk, digest, state, spool_name, key = row[:7]
+    return InstanceRef(
+        study_uid,
+        series,
+        sop,
+        instance_pk=pk,
+        sha256=digest,
+        location=InstanceLocation(sop, state, spool_name, key),
+    )
+
+
 def retrieve_targets(
     session: Session,
     actor: auth.Actor,
@@ -81,15 +107,7 @@ def retrieve_targets(
     target = sop_uid or series_uid or study_uid
     study_pk, _ = visible_study(session, actor, study_uid, action="dicomweb.wado", object_id=target)
     query = (
-        select(
-            Series.series_instance_uid,
-            Instance.sop_instance_uid,
-            Instance.id,
-            Instance.sha256,
-            Instance.state,
-            Instance.spool_name,
-            Instance.object_key,
-        )
+        select(*REF_COLUMNS)
         .join(Instance, Instance.series_pk == Series.id)
         .where(Series.study_pk == study_pk)
     )
@@ -120,17 +138,17 @@ def retrieve_targets(
         object_id=target,
         detail=f"{len(rows)} instances",
     )
-    return [
-        InstanceRef(
-            study_uid,
-            series,
-            sop,
-            instance_pk=pk,
-            sha256=digest,
-            location=InstanceLocation(sop, state, spool_name, key),
-        )
-        for series, sop, pk, digest, state, spool_name, key in rows
-    ]
+    return [instance_ref(study_uid, row) for row in rows]
+
+
+def read_instance_bytes(archive: Archive, ref: InstanceRef) -> bytes:
+    """One instance's bytes as stored, at the location the index gave (no transaction), else
+    through read_instance in a short transaction. Raises InstanceNotFound, StoreUnavailable.
+    """
+    if ref.location is None:
+        with transaction(archive.factory) as session:
+            return archive.read_instance(session, ref.sop_uid)
+    return archive.read_at(ref.location)
 
 
 def read_each(
@@ -145,10 +163,7 @@ def read_each(
     """
 
     def read(ref: InstanceRef) -> bytes:
-        if ref.location is None:
-            with transaction(archive.factory) as session:
-                return archive.read_instance(session, ref.sop_uid)
-        return archive.read_at(ref.location)
+        return read_instance_bytes(archive, ref)
 
     pending: deque[tuple[InstanceRef, futures.Future[bytes]]] = deque()
     queued = iter(refs)
@@ -173,12 +188,9 @@ def instance_metadata(data: bytes, bulk_base: str) -> dict[str, Any]:
     Kept apart from any request so it can be computed at ingest and cached later.
     """
     ds = dcmread(io.BytesIO(data), force=True)
-
-    def bulk_uri(element: DataElement) -> str:
-        return f"{bulk_base}/bulk/{element.tag:08X}"
-
     meta: dict[str, Any] = ds.to_json_dict(
-        bulk_data_threshold=BULK_DATA_THRESHOLD, bulk_data_element_handler=bulk_uri
+        bulk_data_threshold=BULK_DATA_THRESHOLD,
+        bulk_data_element_handler=bulk_data_uri_handler(ds, bulk_base),
     )
     # Pixel data is always fetched apart, however small: viewers expect a URI, not base64.
     for tag in _PIXEL_TAGS:
@@ -188,3 +200,23 @@ def instance_metadata(data: bytes, bulk_base: str) -> dict[str, Any]:
     return meta
 
 
+def bulk_data_uri_handler(ds: Dataset, bulk_base: str) -> Callable[[DataElement], str]:
+    """A `bulk_data_element_handler` for `ds.to_json_dict` naming each element by its path.
+
+    pydicom hands the handler only the element, so nested elements would all get their bare
+    tag and two waveforms the same URI. Walking the dataset first maps each element object to
+    its path; to_json_dict then meets the same objects (a dataset keeps the elements it
+    converted), so `retrieve_bulk_data` finds exactly the value the metadata described.
+    """
+    paths: dict[int, str] = {}
+
+    def walk(dataset: Dataset, prefix: str) -> None:
+        for element in dataset:
+            path = f"{prefix}{element.tag:08X}"
+            paths[id(element)] = path
+            if element.VR == "SQ":
+                for number, item in enumerate(element.value):
+                    walk(item, f"{path}/{number}/")
+
+    walk(ds, "")
+    return lambda element: f"{bulk_base}/bulk/{paths.get(id(element), f'{element.tag:08X}')}"
