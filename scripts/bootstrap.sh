@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 debs=(dcmtk)                       # storescu/findscu/movescu/getscu: real DICOM peers in tests
+debs+=(chromium)                   # headless browser tests (Playwright drives /usr/bin/chromium)
 [ "${WITH_BENCH:-0}" = 1 ] && debs+=(orthanc orthanc-dicomweb)   # the peer the benchmarks compare with
 missing=()
 for pkg in "${debs[@]}"; do
@@ -30,4 +31,17 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# The OHIF viewer's prebuilt dist/ (served at /ohif/): npm ci again only when the lock changed.
+# Playwright drives Debian's chromium; its own browser download (`playwright install`) is
+# never run.
+if command -v npm >/dev/null; then
+  ohif_stamp=viewer/ohif/node_modules/.installed-$(sha256sum viewer/ohif/package-lock.json | cut -c1-16)
+  if [ ! -f "$ohif_stamp" ]; then
+    (cd viewer/ohif && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    touch "$ohif_stamp"
+  fi
+else
+  echo "npm not found: the OHIF viewer (/ohif/) and its browser test need it (apt-get install npm)" >&2
 fi

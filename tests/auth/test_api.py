@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -23,7 +23,17 @@ from tests.conftest import seed_consortium
 
 PASSWORD = "a-long-password"
 # Routes anyone may call. Every other route must answer 401 without a login.
-PUBLIC = {("GET", "/api/health"), ("POST", "/api/auth/login")}
+PUBLIC = {
+    ("GET", "/api/health"),
+    ("POST", "/api/auth/login"),
+    # The OHIF viewer's static files and generated config: no patient data; its DICOMweb
+    # calls need a login like any other.
+    ("GET", "/ohif"),
+    ("GET", "/ohif/app-config.js"),
+    ("GET", "/ohif/{rel:path}"),
+}
+# WebSocket routes authenticate in their own handshake; each has its own refusal test.
+WEBSOCKETS = {"/api/worklist/live"}
 DOCS = {"/api/docs", "/docs/oauth2-redirect", "/api/openapi.json", "/api/redoc"}
 
 
@@ -77,6 +87,9 @@ def _guarded_routes(app: FastAPI) -> list[tuple[str, str]]:
             continue
         # A route of another kind (a mount, a websocket) would slip past the check below.
         route = context.original_route
+        if isinstance(route, APIWebSocketRoute):
+            assert path in WEBSOCKETS, f"WebSocket route {path} without a refusal test"
+            continue
         assert isinstance(route, APIRoute), f"unchecked route {type(route).__name__} {path}"
         for method in sorted(context.methods or ()):
             if (method, path) not in PUBLIC:
