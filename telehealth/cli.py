@@ -36,7 +36,9 @@ user_app = typer.Typer(help="Users and their roles.", no_args_is_help=True)
 ae_app = typer.Typer(help="AE titles of member institutions' modalities.", no_args_is_help=True)
 app.add_typer(institution_app, name="institution")
 app.add_typer(user_app, name="user")
+routing_app = typer.Typer(help="Reading groups, routing rules, deadlines.", no_args_is_help=True)
 app.add_typer(ae_app, name="ae")
+app.add_typer(routing_app, name="routing")
 console = Console()
 err = Console(stderr=True)
 
@@ -278,6 +280,51 @@ def ae_list(data_dir: DataDir = None) -> None:
                 e.ae_title, str(e.institution_id), e.host or "", str(e.port or ""), e.description
             )
     console.print(table)
+
+
+@routing_app.command("load")
+def routing_load(
+    file: Annotated[Path, typer.Argument(help="YAML routing file", exists=True, dir_okay=False)],
+    data_dir: DataDir = None,
+) -> None:
+    """Apply a routing file: groups by code, every rule replaced, deadlines when given."""
+    from telehealth.cases import service as cases
+
+    with _admin_session(data_dir) as session:
+        document = cases.parse_routing_file(file.read_text("utf-8"))
+        report = cases.load_routing(session, None, document, cases.CaseContext())
+    deadlines = "kept" if report.deadlines is None else str(report.deadlines)
+    console.print(
+        f"routing loaded: {report.groups} groups, {report.rules} rules, deadlines {deadlines}"
+    )
+
+
+@routing_app.command("show")
+def routing_show(data_dir: DataDir = None) -> None:
+    """Print the routing rules in evaluation order."""
+    from telehealth.cases import service as cases
+
+    with _admin_session(data_dir) as session:
+        table = Table("position", "name", "group", "conditions", "enabled")
+        for view in cases.list_rules(session, _cli_admin()):
+            rule = view.rule
+            conditions = {
+                "modalities": rule.modalities,
+                "sop_classes": rule.sop_classes,
+                "body_parts": rule.body_parts,
+                "services": rule.services,
+                "priorities": rule.priorities,
+                "institution": view.institution,
+                "time": f"{rule.time_from}-{rule.time_to}" if rule.time_from else None,
+            }
+            shown = " ".join(f"{k}={v}" for k, v in conditions.items() if v is not None)
+            table.add_row(str(rule.position), rule.name, view.group, shown, str(rule.enabled))
+    console.print(table)
+
+
+def _cli_admin() -> auth.Actor:
+    """Whoever runs the CLI on the hub's machine administers it (as `user add` does)."""
+    return auth.Actor(name="cli", role=Role.ADMIN, institution_id=0)
 
 
 def main() -> None:

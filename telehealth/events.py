@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 class Topic(StrEnum):
     INSTANCE_STORED = "instance.stored"
     STUDY_STABLE = "study.stable"
+    CASE_CHANGED = "case.changed"  # a case was created, routed, claimed, escalated, …
 
 
 Listener = Callable[[dict[str, Any]], None]

@@ -32,6 +32,9 @@ COMMANDS = [
     ["ae"],
     ["ae", "add"],
     ["ae", "list"],
+    ["routing"],
+    ["routing", "load"],
+    ["routing", "show"],
 ]
 
 

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from telehealth.archive.models import Patient, Study
 from telehealth.auth import service as auth
-from telehealth.auth.models import AuditOutcome
+from telehealth.auth.models import AuditOutcome, Role
+from telehealth.cases.scope import routed_case_for_study
 from telehealth.errors import NotFound
 
 
@@ -93,7 +94,9 @@ def visible_study(
     action: str,
     object_id: str | None = None,
 ) -> tuple[int, int]:
-    """The (primary key, owning institution) of a study the actor may see.
+    """The (primary key, owning institution) of a study the actor may see: one of his
+    institutions' (auth.visible_institutions), or, for a reader, one of a case routed to
+    his reading groups.
 
     Raises StudyNotFound for a missing study and for one outside the actor's scope (the two
     are not told apart), recording the refusal in the audit trail under `action`.
@@ -102,6 +105,20 @@ def visible_study(
     row = session.execute(
         select(Study.id, Study.institution_id).where(Study.study_instance_uid == study_instance_uid)
     ).first()
+    if row is not None and visible is not None and row.institution_id not in visible:
+        case_id = _routed_case(session, actor, row.id)
+        if case_id is not None:
+            # A partner hospital's reader opens a study only because a case was routed to
+            # his group; the trail says which.
+            auth.audit(
+                session,
+                actor,
+                "study.access_via_case",
+                object_type="study",
+                object_id=object_id or study_instance_uid,
+                detail=f"{action} for case {case_id}",
+            )
+            return row.id, row.institution_id
     if row is None or (visible is not None and row.institution_id not in visible):
         auth.audit(
             session,
@@ -113,6 +130,13 @@ def visible_study(
         )
         raise StudyNotFound(f"no study {study_instance_uid}")
     return row.id, row.institution_id
+
+
+def _routed_case(session: Session, actor: auth.Actor, study_pk: int) -> int | None:
+    """A case of the study routed to one of the reader's groups (or held by him), if any."""
+    if actor.role != Role.SPECIALIST or actor.user_id is None:
+        return None
+    return routed_case_for_study(session, actor.user_id, study_pk)
 
 
 def get_study(

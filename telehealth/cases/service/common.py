@@ -1,0 +1,284 @@
+"""What every part of the cases service shares: errors, settings, scope, history, messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, false, select
+from sqlalchemy.orm import Session
+
+from telehealth.auth import service as auth
+from telehealth.auth.models import AuditOutcome, Role, User
+from telehealth.cases.models import (
+    Case,
+    CaseEvent,
+    CaseEventKind,
+    CasePriority,
+    CaseService,
+    Notification,
+    NotificationKind,
+    ReadingGroupMember,
+)
+from telehealth.cases.scope import reader_cases
+from telehealth.cases.service.live import publish_after_commit
+from telehealth.clock import SYSTEM_CLOCK, Clock
+from telehealth.errors import Conflict, Invalid, NotFound
+
+if TYPE_CHECKING:
+    from telehealth.config import Settings
+    from telehealth.events import EventBus
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class CaseNotFound(NotFound):
+    """No such case, or not one the actor may see (the two are not told apart)."""
+
+
+class CaseExists(Conflict):
+    """The study already has an open case."""
+
+
+class CaseClosed(Conflict):
+    """The case is signed or cancelled; it no longer changes."""
+
+
+class NotClaimable(Conflict):
+    """The case is in no state a reader can claim (in no group, signed, cancelled)."""
+
+
+class ClaimHeld(Conflict):
+    """Another reader holds an unexpired lease on this case."""
+
+
+class LeaseExpired(Conflict):
+    """The actor's lease lapsed or was taken over; the case must be claimed again."""
+
+
+class GroupNotFound(NotFound): ...
+
+
+class GroupExists(Conflict): ...
+
+
+class GroupInUse(Conflict):
+    """A rule or a case still names the group; disable it instead."""
+
+
+class RuleNotFound(NotFound): ...
+
+
+class InvalidRouting(Invalid):
+    """A routing rule, group, deadline or routing file that cannot be used as given."""
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+_AUTO_DEFAULTS: Mapping[str, tuple[CasePriority, CaseService]] = MappingProxyType(
+    {
+        "ECG": (CasePriority.URGENT, CaseService.ECG),
+        "US": (CasePriority.ROUTINE, CaseService.ULTRASOUND),
+    }
+)
+
+
+@dataclass(frozen=True)
+class CaseConfig:
+    """The cases' settings, read once from `Settings` (TELEHEALTH_CASE_*)."""
+
+    lease: timedelta = timedelta(minutes=5)
+    # An admin's assignment reaches a reader who may not be at the screen yet.
+    assign_lease: timedelta = timedelta(minutes=30)
+    # After offering a case up, wait this long before offering it one level higher again.
+    escalation_repeat: timedelta = timedelta(minutes=30)
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("Asia/Shanghai"))
+    auto_create: bool = True
+    # Modality of a study that arrives without a request → (priority, service).
+    auto_defaults: Mapping[str, tuple[CasePriority, CaseService]] = field(
+        default_factory=lambda: _AUTO_DEFAULTS
+    )
+    auto_fallback: tuple[CasePriority, CaseService] = (CasePriority.ROUTINE, CaseService.IMAGING)
+    # Studies holding nothing but these are not read (a report sent back, a key object).
+    auto_skip_modalities: frozenset[str] = frozenset({"SR", "KO", "PR", "DOC"})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CaseConfig:
+        defaults: dict[str, tuple[CasePriority, CaseService]] = {}
+        fallback = cls.auto_fallback
+        for modality, value in settings.case_auto_defaults.items():
+            priority, _, service = value.partition("/")
+            pair = (CasePriority(priority.strip()), CaseService(service.strip() or "imaging"))
+            if modality == "*":
+                fallback = pair
+            else:
+                defaults[modality.upper()] = pair
+        return cls(
+            lease=timedelta(seconds=settings.case_lease_seconds),
+            assign_lease=timedelta(seconds=settings.case_assign_lease_seconds),
+            escalation_repeat=timedelta(minutes=settings.case_escalation_repeat_minutes),
+            timezone=ZoneInfo(settings.case_timezone),
+            auto_create=settings.case_auto_create,
+            auto_defaults=MappingProxyType(defaults),
+            auto_fallback=fallback,
+            auto_skip_modalities=frozenset(m.upper() for m in settings.case_auto_skip_modalities),
+        )
+
+
+@dataclass(frozen=True)
+class CaseContext:
+    """Time, the event bus and settings: what a case operation needs beyond the session."""
+
+    clock: Clock = SYSTEM_CLOCK
+    bus: EventBus | None = None
+    config: CaseConfig = field(default_factory=CaseConfig)
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+
+DEFAULT_CONTEXT = CaseContext()
+
+# --- scope ------------------------------------------------------------------------------------
+
+
+def member_group_ids(session: Session, user_id: int | None) -> list[int]:
+    if user_id is None:
+        return []
+    return list(
+        session.scalars(
+            select(ReadingGroupMember.group_id).where(ReadingGroupMember.user_id == user_id)
+        )
+    )
+
+
+def visible_cases(session: Session, actor: auth.Actor) -> ColumnElement[bool] | None:
+    """A WHERE clause for the cases the actor may see; None means all (an admin).
+
+    A clinic sees the cases of its own studies; a reader those routed to his groups, and the
+    one he holds (an admin may assign him a case of another group).
+    """
+    if actor.role == Role.ADMIN:
+        return None
+    if actor.role == Role.TECHNICIAN:
+        return Case.institution_id == actor.institution_id
+    if actor.role == Role.SPECIALIST and actor.user_id is not None:
+        return reader_cases(actor.user_id)
+    return false()
+
+
+def get_case(
+    session: Session, actor: auth.Actor, case_id: int, *, action: str, for_update: bool = False
+) -> Case:
+    """A case the actor may see. Raises CaseNotFound for a missing or out-of-scope case,
+    recording the refusal in the audit trail under `action`."""
+    query = select(Case).where(Case.id == case_id)
+    clause = visible_cases(session, actor)
+    if clause is not None:
+        query = query.where(clause)
+    if for_update:
+        query = query.with_for_update()
+    case = session.scalar(query)
+    if case is None:
+        exists = session.scalar(select(Case.id).where(Case.id == case_id)) is not None
+        auth.audit(
+            session,
+            actor,
+            action,
+            outcome=AuditOutcome.DENIED if exists else AuditOutcome.FAILED,
+            object_type="case",
+            object_id=str(case_id),
+        )
+        raise CaseNotFound(f"no case {case_id}")
+    return case
+
+
+# --- history, notifications, live messages ----------------------------------------------------
+
+
+def record(
+    session: Session,
+    case: Case,
+    kind: CaseEventKind,
+    actor: auth.Actor | None,
+    at: datetime,
+    **detail: Any,
+) -> CaseEvent:
+    """Append one row to the case's history."""
+    event = CaseEvent(
+        case_id=case.id,
+        at=at,
+        kind=kind,
+        actor=actor.name if actor else "system",
+        user_id=actor.user_id if actor else None,
+        detail=detail,
+    )
+    session.add(event)
+    return event
+
+
+def announce(session: Session, ctx: CaseContext, kind: str, case: Case, **extra: Any) -> None:
+    """Tell live clients that a case changed, once the transaction commits.
+
+    Messages carry no patient data: a client refetches its worklist, which is scoped and
+    audited.
+    """
+    message: dict[str, Any] = {
+        "type": f"case.{kind}",
+        "case_id": case.id,
+        "status": str(case.status),
+        "priority": str(case.priority),
+        "service": str(case.service),
+        "group_id": case.group_id,
+        "institution_id": case.institution_id,
+        "claim_holder_id": case.claim_holder_id,
+        "due_at": case.due_at.isoformat(),
+        "at": ctx.now().isoformat(),
+    }
+    message.update(extra)
+    publish_after_commit(session, ctx.bus, message)
+
+
+def notify(
+    session: Session,
+    ctx: CaseContext,
+    user_id: int,
+    kind: NotificationKind,
+    text: str,
+    case: Case | None = None,
+) -> Notification:
+    """Store a notification for one user and push it to him live after commit."""
+    row = Notification(
+        user_id=user_id,
+        case_id=case.id if case else None,
+        kind=kind,
+        message=text,
+        created_at=ctx.now(),
+    )
+    session.add(row)
+    session.flush()
+    publish_after_commit(
+        session,
+        ctx.bus,
+        {
+            "type": "notification",
+            "notification_id": row.id,
+            "user_id": user_id,
+            "kind": str(kind),
+            "case_id": row.case_id,
+            "message": text,
+            "at": row.created_at.isoformat(),
+        },
+    )
+    return row
+
+
+def username(session: Session, user_id: int | None) -> str | None:
+    if user_id is None:
+        return None
+    return session.scalar(select(User.username).where(User.id == user_id))

@@ -1,0 +1,342 @@
+"""Claims: a lease on a case that its reader renews while reading and that lapses if he
+vanishes. Two readers never hold one case: every claim is a conditional UPDATE that only
+matches a free or lapsed case, and only the statement that changed the row wins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case as sql_case
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from telehealth.auth import service as auth
+from telehealth.auth.models import User
+from telehealth.cases.models import (
+    CLAIMABLE_STATUSES,
+    OPEN_STATUSES,
+    Case,
+    CaseEventKind,
+    CaseStatus,
+    NotificationKind,
+    ReadingGroup,
+    ReadingGroupMember,
+)
+from telehealth.cases.service.common import (
+    CaseClosed,
+    CaseContext,
+    ClaimHeld,
+    GroupNotFound,
+    InvalidRouting,
+    LeaseExpired,
+    NotClaimable,
+    announce,
+    get_case,
+    notify,
+    record,
+    username,
+    visible_cases,
+)
+from telehealth.cases.service.routing import READER_ROLES
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A reader's lease on a case. `lease_token` fences: it names this claim and no later one."""
+
+    case_id: int
+    holder_id: int
+    holder: str
+    claimed_at: datetime
+    lease_expires_at: datetime
+    lease_token: int
+
+
+def _claim_of(case: Case, holder: str) -> Claim:
+    assert case.claim_holder_id is not None
+    assert case.claimed_at is not None and case.lease_expires_at is not None
+    return Claim(
+        case_id=case.id,
+        holder_id=case.claim_holder_id,
+        holder=holder,
+        claimed_at=case.claimed_at,
+        lease_expires_at=case.lease_expires_at,
+        lease_token=case.lease_token,
+    )
+
+
+def _try_claim(
+    session: Session, case_id: int, user_id: int, now: datetime, until: datetime
+) -> bool:
+    """The one statement that decides who holds a case: it matches only a free or lapsed
+    lease, so of two readers racing, the database lets exactly one change the row."""
+    result = session.execute(
+        update(Case)
+        .where(
+            Case.id == case_id,
+            Case.status.in_(CLAIMABLE_STATUSES),
+            or_(Case.claim_holder_id.is_(None), Case.lease_expires_at <= now),
+        )
+        .values(
+            claim_holder_id=user_id,
+            claimed_at=now,
+            lease_expires_at=until,
+            lease_token=Case.lease_token + 1,
+            # A preliminary report stays REPORTED: its holder is there to sign it.
+            status=sql_case(
+                (Case.status == CaseStatus.REPORTED, CaseStatus.REPORTED),
+                else_=CaseStatus.CLAIMED,
+            ),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _claimed(
+    session: Session, actor: auth.Actor, case: Case, previous: int | None, ctx: CaseContext
+) -> Claim:
+    session.refresh(case)
+    now = ctx.now()
+    detail: dict[str, object] = {
+        "lease_token": case.lease_token,
+        "lease_expires_at": case.lease_expires_at.isoformat() if case.lease_expires_at else None,
+    }
+    if previous is not None and previous != actor.user_id:
+        detail["lapsed_holder"] = username(session, previous)
+    record(session, case, CaseEventKind.CLAIMED, actor, now, **detail)
+    auth.audit(session, actor, "case.claim", object_type="case", object_id=str(case.id))
+    announce(session, ctx, "claimed", case, previous_claim_holder_id=previous)
+    return _claim_of(case, actor.name)
+
+
+def claim(session: Session, actor: auth.Actor, case_id: int, ctx: CaseContext) -> Claim:
+    """Take a lease on a case routed to one of the actor's groups.
+
+    Claiming a case one already holds renews it. Raises CaseNotFound (also for a case of
+    another group), NotClaimable, ClaimHeld, NotPermitted.
+    """
+    auth.require(actor, auth.Permission.CLAIM_CASES)
+    assert actor.user_id is not None
+    case = get_case(session, actor, case_id, action="case.claim")
+    if case.status not in CLAIMABLE_STATUSES:
+        raise NotClaimable(f"case {case_id} is {case.status}")
+    now = ctx.now()
+    previous = case.claim_holder_id
+    if _try_claim(session, case_id, actor.user_id, now, now + ctx.config.lease):
+        return _claimed(session, actor, case, previous, ctx)
+    session.refresh(case)
+    if case.claim_holder_id == actor.user_id:
+        return renew(session, actor, case_id, None, ctx)
+    if case.status not in CLAIMABLE_STATUSES:
+        raise NotClaimable(f"case {case_id} is {case.status}")
+    # Who holds it and since when stays out of the message: the worklist shows what a
+    # reader may know.
+    raise ClaimHeld(f"case {case_id} is being read by another reader")
+
+
+def claim_next(session: Session, actor: auth.Actor, ctx: CaseContext) -> Claim | None:
+    """Claim the first free case of the actor's queue (priority, then due time); None when
+    there is none. Readers calling at once get different cases (SKIP LOCKED on PostgreSQL;
+    on SQLite one writer runs at a time)."""
+    auth.require(actor, auth.Permission.CLAIM_CASES)
+    assert actor.user_id is not None
+    now = ctx.now()
+    clause = visible_cases(session, actor)
+    for _ in range(20):
+        query = (
+            select(Case)
+            .where(
+                Case.status.in_(CLAIMABLE_STATUSES),
+                Case.group_id.is_not(None),
+                or_(Case.claim_holder_id.is_(None), Case.lease_expires_at <= now),
+            )
+            .order_by(Case.priority_rank, Case.due_at, Case.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if clause is not None:
+            query = query.where(clause)
+        case = session.scalar(query)
+        if case is None:
+            return None
+        previous = case.claim_holder_id
+        if _try_claim(session, case.id, actor.user_id, now, now + ctx.config.lease):
+            return _claimed(session, actor, case, previous, ctx)
+    return None
+
+
+def renew(
+    session: Session, actor: auth.Actor, case_id: int, lease_token: int | None, ctx: CaseContext
+) -> Claim:
+    """Extend the actor's live lease. A renewal writes no history row: the claim already
+    says who holds the case, and a client renews every minute or two.
+    Raises CaseNotFound, LeaseExpired (lapsed, or taken over under a newer token)."""
+    auth.require(actor, auth.Permission.CLAIM_CASES)
+    case = get_case(session, actor, case_id, action="case.renew")
+    now = ctx.now()
+    conditions = [
+        Case.id == case_id,
+        Case.claim_holder_id == actor.user_id,
+        Case.lease_expires_at > now,
+    ]
+    if lease_token is not None:
+        conditions.append(Case.lease_token == lease_token)
+    result = session.execute(
+        update(Case)
+        .where(*conditions)
+        .values(lease_expires_at=now + ctx.config.lease)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseExpired(f"your claim on case {case_id} has expired; claim it again")
+    session.refresh(case)
+    return _claim_of(case, actor.name)
+
+
+def release(
+    session: Session, actor: auth.Actor, case_id: int, lease_token: int | None, ctx: CaseContext
+) -> Case:
+    """Give a claimed case back to the queue. Raises CaseNotFound, LeaseExpired (someone else
+    holds it now, or nobody does)."""
+    auth.require(actor, auth.Permission.CLAIM_CASES)
+    case = get_case(session, actor, case_id, action="case.release")
+    now = ctx.now()
+    conditions = [Case.id == case_id, Case.claim_holder_id == actor.user_id]
+    if lease_token is not None:
+        conditions.append(Case.lease_token == lease_token)
+    result = session.execute(
+        update(Case)
+        .where(*conditions)
+        .values(
+            claim_holder_id=None,
+            lease_expires_at=None,
+            status=sql_case(
+                (Case.status == CaseStatus.CLAIMED, CaseStatus.QUEUED), else_=Case.status
+            ),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise LeaseExpired(f"you do not hold case {case_id}")
+    session.refresh(case)
+    record(session, case, CaseEventKind.RELEASED, actor, now)
+    auth.audit(session, actor, "case.release", object_type="case", object_id=str(case.id))
+    announce(session, ctx, "released", case, previous_claim_holder_id=actor.user_id)
+    return case
+
+
+def assign(
+    session: Session,
+    actor: auth.Actor,
+    case_id: int,
+    *,
+    group_id: int | None,
+    user: str | None,
+    ctx: CaseContext,
+) -> Case:
+    """An admin moves a case to a group, and/or hands it to a reader of its group with a
+    fresh lease (the previous holder's token stops working). Raises CaseNotFound,
+    CaseClosed, GroupNotFound, InvalidRouting, NotPermitted."""
+    auth.require(actor, auth.Permission.ASSIGN_CASES)
+    if group_id is None and user is None:
+        raise InvalidRouting("give a group, a user, or both")
+    case = get_case(session, actor, case_id, action="case.assign", for_update=True)
+    if case.status not in OPEN_STATUSES:
+        raise CaseClosed(f"case {case_id} is {case.status}")
+    now = ctx.now()
+    previous_group, previous_holder = case.group_id, case.claim_holder_id
+    detail: dict[str, object] = {}
+    if group_id is not None:
+        group = session.get(ReadingGroup, group_id)
+        if group is None:
+            raise GroupNotFound(f"no reading group {group_id}")
+        case.group_id = group.id
+        detail["group"] = group.code
+        if case.status == CaseStatus.NEW:
+            case.status = CaseStatus.QUEUED
+    reader: User | None = None
+    if user is not None:
+        reader = session.scalar(select(User).where(User.username == user))
+        if reader is None or not reader.active or reader.role not in READER_ROLES:
+            raise InvalidRouting(f"{user} is not an active reader")
+        member = session.scalar(
+            select(ReadingGroupMember.user_id).where(
+                ReadingGroupMember.group_id == case.group_id,
+                ReadingGroupMember.user_id == reader.id,
+            )
+        )
+        if member is None:
+            raise InvalidRouting(f"{user} is not a member of the case's reading group")
+        case.claim_holder_id = reader.id
+        case.claimed_at = now
+        case.lease_expires_at = now + ctx.config.assign_lease
+        case.lease_token += 1
+        if case.status != CaseStatus.REPORTED:
+            case.status = CaseStatus.CLAIMED
+        detail |= {"user": reader.username, "lease_token": case.lease_token}
+    elif case.claim_holder_id is not None:
+        # Moved to another group: whoever held it there lets go.
+        case.claim_holder_id = None
+        case.lease_expires_at = None
+        if case.status == CaseStatus.CLAIMED:
+            case.status = CaseStatus.QUEUED
+    if previous_holder is not None and previous_holder != case.claim_holder_id:
+        detail["previous_holder"] = username(session, previous_holder)
+    case.updated_at = now
+    session.flush()
+    record(session, case, CaseEventKind.ASSIGNED, actor, now, **detail)
+    if reader is not None:
+        notify(
+            session,
+            ctx,
+            reader.id,
+            NotificationKind.ASSIGNED,
+            f"case {case.id} ({case.priority} {case.service}) was assigned to you",
+            case,
+        )
+    auth.audit(session, actor, "case.assign", object_type="case", object_id=str(case.id))
+    announce(
+        session,
+        ctx,
+        "assigned",
+        case,
+        previous_group_id=previous_group,
+        previous_claim_holder_id=previous_holder,
+    )
+    return case
+
+
+def expire_leases(session: Session, ctx: CaseContext, *, limit: int = 500) -> list[int]:
+    """Put cases whose lease lapsed back in the queue, each with a history row.
+
+    A lapsed lease is already claimable without this sweep (the claim statement accepts
+    it); the sweep keeps statuses and live worklists truthful.
+    """
+    now = ctx.now()
+    cases = session.scalars(
+        select(Case)
+        .where(
+            Case.status.in_(CLAIMABLE_STATUSES),
+            Case.claim_holder_id.is_not(None),
+            Case.lease_expires_at <= now,
+        )
+        .order_by(Case.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for case in cases:
+        holder = case.claim_holder_id
+        case.claim_holder_id = None
+        case.lease_expires_at = None
+        if case.status == CaseStatus.CLAIMED:
+            case.status = CaseStatus.QUEUED
+        case.updated_at = now
+        record(
+            session, case, CaseEventKind.LEASE_EXPIRED, None, now, holder=username(session, holder)
+        )
+        announce(session, ctx, "released", case, previous_claim_holder_id=holder)
+    return [c.id for c in cases]
