@@ -55,34 +55,77 @@ class Permission(StrEnum):
     VIEW_STUDIES = "view_studies"
     SEND_STUDIES = "send_studies"
     ADMINISTER = "administer"
+    # Reading cases: which ones an actor sees is decided by scope (cases.visible_cases).
+    VIEW_CASES = "view_cases"
+    REQUEST_READING = "request_reading"
+    READ_CASES = "read_cases"  # the reading worklist
+    CLAIM_CASES = "claim_cases"
+    ASSIGN_CASES = "assign_cases"
+    MANAGE_ROUTING = "manage_routing"
+    # Reports: which cases is decided by scope as for cases.
+    VIEW_REPORTS = "view_reports"
+    SIGN_REPORTS = "sign_reports"  # write, issue, sign, amend; flag critical results
+    ACKNOWLEDGE_CRITICAL = "acknowledge_critical"  # the requesting clinic's confirmation
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.TECHNICIAN: frozenset({Permission.VIEW_STUDIES, Permission.SEND_STUDIES}),
-    Role.SPECIALIST: frozenset({Permission.VIEW_STUDIES}),
+    Role.TECHNICIAN: frozenset(
+        {
+            Permission.VIEW_STUDIES,
+            Permission.SEND_STUDIES,
+            Permission.VIEW_CASES,
+            Permission.REQUEST_READING,
+            Permission.VIEW_REPORTS,
+            Permission.ACKNOWLEDGE_CRITICAL,
+        }
+    ),
+    Role.SPECIALIST: frozenset(
+        {
+            Permission.VIEW_STUDIES,
+            Permission.VIEW_CASES,
+            Permission.READ_CASES,
+            Permission.CLAIM_CASES,
+            Permission.VIEW_REPORTS,
+            Permission.SIGN_REPORTS,
+        }
+    ),
     Role.CONSULT_DOCTOR: frozenset({Permission.VIEW_STUDIES}),
     Role.ADMIN: frozenset(Permission),
 }
 
 
+# A DICOM application entity (a modality, a clinic's PACS or workstation) sends its
+# institution's studies and queries/retrieves what that institution may see; it administers
+# nothing.
+APPLICATION_ENTITY_PERMISSIONS = frozenset({Permission.VIEW_STUDIES, Permission.SEND_STUDIES})
+
+
 @dataclass(frozen=True)
 class Actor:
-    """Who is acting, from where: a logged-in user or a DICOM application entity."""
+    """Who is acting, from where: a logged-in user or a DICOM application entity.
+
+    An application entity has no role (`role` is None): it is a device, not a person, and
+    must not borrow the rights of one.
+    """
 
     name: str
-    role: Role
+    role: Role | None
     institution_id: int
     user_id: int | None = None
     address: str = ""
+    ae_title: str | None = None
 
     def can(self, permission: Permission) -> bool:
+        if self.role is None:
+            return permission in APPLICATION_ENTITY_PERMISSIONS
         return permission in ROLE_PERMISSIONS[self.role]
 
 
 def require(actor: Actor, permission: Permission) -> None:
     """Raises NotPermitted unless the actor's role grants the permission."""
     if not actor.can(permission):
-        raise NotPermitted(f"role {actor.role} may not {permission}")
+        who = f"role {actor.role}" if actor.role is not None else f"AE {actor.ae_title}"
+        raise NotPermitted(f"{who} may not {permission}")
 
 
 def visible_institutions(session: Session, actor: Actor) -> set[int] | None:
@@ -90,11 +133,14 @@ def visible_institutions(session: Session, actor: Actor) -> set[int] | None:
 
     A clinic sees its own patients. County staff see their institution and the clinics
     below it in the consortium tree (reading groups narrow this once cases exist).
+    An application entity sees what its institution sees: the institution and the clinics
+    below it (a county PACS pulls its clinics' studies; a clinic's workstation its own).
     """
     if actor.role == Role.ADMIN:
         return None
     if actor.role == Role.TECHNICIAN:
         return {actor.institution_id}
+    # Specialists, consult doctors, and application entities (no role).
     return institutions.subtree_ids(session, actor.institution_id)
 
 
@@ -163,6 +209,20 @@ def actor_for(user: User, address: str = "") -> Actor:
         institution_id=user.institution_id,
         user_id=user.id,
         address=address,
+    )
+
+
+def actor_for_application_entity(ae_title: str, institution_id: int, address: str = "") -> Actor:
+    """The actor for a registered DICOM caller (institutions.authorize_caller identified it).
+
+    Audited as "ae:TITLE", the convention of AuditEvent.actor.
+    """
+    return Actor(
+        name=f"ae:{ae_title}",
+        role=None,
+        institution_id=institution_id,
+        address=address,
+        ae_title=ae_title,
     )
 
 

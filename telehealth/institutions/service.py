@@ -28,6 +28,10 @@ class CallerRefused(Forbidden):
     """A DICOM caller is not registered, or calls from an address it is not tied to."""
 
 
+class MoveDestinationUnknown(NotFound):
+    """A C-MOVE names an AE title that is not registered, or has no host and port to send to."""
+
+
 def get_institution(session: Session, code: str) -> Institution:
     institution = session.scalar(select(Institution).where(Institution.code == code))
     if institution is None:
@@ -162,3 +166,29 @@ def authorize_caller(
         if owner is None:
             raise CallerRefused("no institution to receive studies from unknown callers")
     return Caller(title, address, owner.id, registered=False)
+
+
+@dataclass(frozen=True)
+class MoveDestination:
+    """Where a C-MOVE sends: a registered AE with the address it listens on."""
+
+    ae_title: str
+    host: str
+    port: int
+    institution_id: int
+
+
+def get_move_destination(session: Session, ae_title: str) -> MoveDestination:
+    """The registered AE a C-MOVE names: the SCP must know every Move Destination itself.
+
+    Raises MoveDestinationUnknown for a title nobody registered, or one registered without a
+    host and port (a modality that only stores). Never guesses an address from the caller:
+    sending patient data to wherever a request points would leak it.
+    """
+    title = ae_title.strip()
+    entity = session.scalar(select(ApplicationEntity).where(ApplicationEntity.ae_title == title))
+    if entity is None:
+        raise MoveDestinationUnknown(f"move destination {title!r} is not registered")
+    if not entity.host or not entity.port:
+        raise MoveDestinationUnknown(f"move destination {title!r} has no host and port")
+    return MoveDestination(title, entity.host, entity.port, entity.institution_id)

@@ -3,6 +3,10 @@
 Every attribute returned comes from the index tables, so a search costs one SQL query however
 large the studies are. Matching follows PS3.4 §C.2.2.2: single value, wildcard (`*`, `?`),
 range (dates and times), UID list; an empty value only asks for the attribute to be returned.
+
+The one matcher of the hub: DIMSE C-FIND, C-MOVE and C-GET (dicom_node.query_retrieve) turn
+their identifiers into these parameters, so a query answers the same over HTTP and DIMSE. For
+them it also searches PATIENT level and returns every match at once (`paged=False`).
 """
 
 from __future__ import annotations
@@ -30,8 +34,12 @@ _CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 
 
 class Level(IntEnum):
-    """Query levels; an attribute of a level is available to every level below it."""
+    """Query levels; an attribute of a level is available to every level below it.
 
+    PATIENT serves DIMSE's Patient Root model; QIDO-RS has no patient resource.
+    """
+
+    PATIENT = 0
     STUDY = 1
     SERIES = 2
     INSTANCE = 3
@@ -39,8 +47,8 @@ class Level(IntEnum):
 
 @dataclass(frozen=True)
 class Row:
-    study: Study
     patient: Patient
+    study: Study | None = None  # None at PATIENT level
     series: Series | None = None
     instance: Instance | None = None
 
@@ -66,7 +74,7 @@ class Attr:
 
 _LEVEL_OF: dict[type, Level] = {
     Study: Level.STUDY,
-    Patient: Level.STUDY,
+    Patient: Level.PATIENT,
     Series: Level.SERIES,
     Instance: Level.INSTANCE,
 }
@@ -84,6 +92,7 @@ def _patient_id(row: Row) -> str:
 
 
 def _modalities(row: Row) -> list[str]:
+    assert row.study is not None  # a study attribute is only read at study level and below
     return [m for m in row.study.modalities.split("\\") if m]
 
 
@@ -114,14 +123,15 @@ ATTRIBUTES: tuple[Attr, ...] = (
     Attr("InstanceNumber", "00200013", "IS", Instance.instance_number, "int"),
     Attr("NumberOfFrames", "00280008", "IS", Instance.number_of_frames, "int"),
 )
-S, R, I = Level.STUDY, Level.SERIES, Level.INSTANCE  # noqa: E741
+P, S, R, I = Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE  # noqa: E741
 _BY_NAME: dict[str, Attr] = {a.keyword.lower(): a for a in ATTRIBUTES} | {
     a.tag.lower(): a for a in ATTRIBUTES
 }
 # Returned whatever was asked (PS3.18 Table 10.6.3-3..5, as far as the index holds them); a
 # lower level also names its parents so a client can address what it found.
 _DEFAULT: dict[Level, tuple[Attr, ...]] = {
-    S: tuple(a for a in ATTRIBUTES if a.level == S),
+    P: tuple(a for a in ATTRIBUTES if a.level == P),
+    S: tuple(a for a in ATTRIBUTES if a.level in (P, S)),
     R: tuple(a for a in ATTRIBUTES if a.level == R or a.keyword == "StudyInstanceUID"),
     I: tuple(
         a
@@ -149,6 +159,12 @@ class SearchResult:
 
 def _lookup(name: str) -> Attr | None:
     return _BY_NAME.get(name.strip().lower())
+
+
+def attribute(name: str) -> Attr | None:
+    """The searchable attribute with this keyword or tag (eight hex digits), if the index
+    holds it; what a DIMSE identifier may match on and get back."""
+    return _lookup(name)
 
 
 def _like(value: str) -> str:
@@ -227,13 +243,29 @@ def _condition(attr: Attr, value: str) -> ColumnElement[bool] | None:
         return or_(*alternatives) if alternatives else None
     if value.strip("*") == "":
         return None  # "*" is universal matching
-    # Person names match case-insensitively: clinics type "zhang*" for "Zhang^San".
-    wild = "*" in value or "?" in value
     if attr.match == "pn":
-        if wild:
-            return col.ilike(_like(value), escape="!")
-        return func.lower(col) == value.lower()
+        return _person_name(col, value)
+    wild = "*" in value or "?" in value
     return col.like(_like(value), escape="!") if wild else col == value
+
+
+def _person_name(col: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool]:
+    """Person names match case-insensitively: clinics type "zhang*" for "Zhang^San".
+
+    A value of one component group also matches any one group of a stored name, so "张*"
+    finds "Zhang^San=张^三" (alphabetic=ideographic): a clinic searches in the script it
+    types in, whichever group the modality put it in. A value that names groups itself
+    ("Zhang^San=张^三") matches the whole name.
+    """
+    pattern = _like(value)
+    if "=" in value:
+        return col.ilike(pattern, escape="!")
+    return or_(
+        col.ilike(pattern, escape="!"),
+        col.ilike(f"{pattern}=%", escape="!"),
+        col.ilike(f"%={pattern}", escape="!"),
+        col.ilike(f"%={pattern}=%", escape="!"),
+    )
 
 
 def parse_query(level: Level, params: list[tuple[str, str]]) -> Query:
@@ -280,17 +312,37 @@ def parse_query(level: Level, params: list[tuple[str, str]]) -> Query:
     return Query(level, conditions, ordered, limit, offset, warnings)
 
 
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _person_name_json(name: str) -> dict[str, str]:
+    """A PN value as DICOM JSON: one member per component group (PS3.18 §F.2.2)."""
+    groups = zip(_PN_GROUPS, name.split("=")[:3], strict=False)
+    return {group: text for group, text in groups if text}
+
+
 def _element(attr: Attr, value: Any) -> dict[str, Any]:
     """One DICOM JSON element (PS3.18 §F.2.2); an empty value is present without "Value"."""
     if value is None or value == "" or value == []:
         return {"vr": attr.vr}
     values = value if isinstance(value, list) else [value]
     if attr.vr == "PN":
-        values = [{"Alphabetic": v} for v in values]
+        values = [_person_name_json(v) for v in values]
     return {"vr": attr.vr, "Value": values}
 
 
+# What each result row holds, in the order _select returns it.
+_ROW_FIELDS: dict[Level, tuple[str, ...]] = {
+    P: ("patient",),
+    S: ("study", "patient"),
+    R: ("study", "patient", "series"),
+    I: ("study", "patient", "series", "instance"),
+}
+
+
 def _select(level: Level) -> Select[Any]:
+    if level == Level.PATIENT:
+        return cast("Select[Any]", select(Patient))
     # Typed loosely: the columns grow with the level.
     query = cast(
         "Select[Any]", select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
@@ -303,6 +355,8 @@ def _select(level: Level) -> Select[Any]:
 
 
 def _order(query: Select[Any], level: Level) -> Select[Any]:
+    if level == Level.PATIENT:
+        return query.order_by(Patient.patient_id, Patient.id)
     if level == Level.STUDY:
         return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
     if level == Level.SERIES:
@@ -315,9 +369,10 @@ def _check_parent(
     actor: auth.Actor,
     study_uid: str,
     series_uid: str | None,
+    action: str,
 ) -> None:
     """A study (and series) named in the path must exist and be visible, else not found."""
-    study_pk, _ = visible_study(session, actor, study_uid, action="dicomweb.qido")
+    study_pk, _ = visible_study(session, actor, study_uid, action=action)
     if series_uid is None or session.scalar(
         select(func.count())
         .select_from(Series)
@@ -327,12 +382,23 @@ def _check_parent(
     auth.audit(
         session,
         actor,
-        "dicomweb.qido",
+        action,
         outcome=AuditOutcome.FAILED,
         object_type="study",
         object_id=study_uid,
     )
     raise SeriesNotFound(f"no series {series_uid} in study {study_uid}")
+
+
+def _scope(sql: Select[Any], level: Level, visible: set[int] | None) -> Select[Any]:
+    """Only what the actor may see. A patient exists for the actor through a study it may
+    see; one whose studies are all elsewhere is not found."""
+    if level != Level.PATIENT:
+        return sql if visible is None else sql.where(Study.institution_id.in_(visible))
+    studies = select(Study.id).where(Study.patient_pk == Patient.id)
+    if visible is not None:
+        studies = studies.where(Study.institution_id.in_(visible))
+    return sql.where(studies.exists())
 
 
 def search(
@@ -343,9 +409,13 @@ def search(
     *,
     study_uid: str | None = None,
     series_uid: str | None = None,
+    paged: bool = True,
+    action: str = "dicomweb.qido",
 ) -> SearchResult:
-    """QIDO-RS search within what the actor may see; audited.
+    """QIDO-RS search within what the actor may see; audited under `action`.
 
+    `paged=False` returns every match, ignoring limit and offset: DIMSE has no paging, and
+    a retrieve must find every instance it sends.
     Raises BadDicomwebRequest, StudyNotFound / SeriesNotFound for a parent named in the path
     that does not exist or is not visible (the two are not told apart).
     """
@@ -357,26 +427,26 @@ def search(
     query = parse_query(level, params)
     visible = auth.visible_institutions(session, actor)
     if study_uid is not None:
-        _check_parent(session, actor, study_uid, series_uid)
-    sql = _select(level)
-    if visible is not None:
-        sql = sql.where(Study.institution_id.in_(visible))
+        _check_parent(session, actor, study_uid, series_uid, action)
+    sql = _scope(_select(level), level, visible)
     if study_uid is not None:
         sql = sql.where(Study.study_instance_uid == study_uid)
     if series_uid is not None:
         sql = sql.where(Series.series_instance_uid == series_uid)
     for cond in query.conditions:
         sql = sql.where(cond)
-    rows = session.execute(_order(sql, level).limit(query.limit).offset(query.offset)).all()
+    sql = _order(sql, level)
+    if paged:
+        sql = sql.limit(query.limit).offset(query.offset)
     matches = []
-    for found in rows:
-        row = Row(*found)
+    for found in session.execute(sql).all():
+        row = Row(**dict(zip(_ROW_FIELDS[level], found, strict=True)))
         matches.append({a.tag: _element(a, a.value(row)) for a in query.returned})
     detail = "&".join(f"{k}={v}" for k, v in params)
     auth.audit(
         session,
         actor,
-        "dicomweb.qido",
+        action,
         object_type=level.name.lower(),
         object_id=series_uid or study_uid or "",
         detail=f"{len(matches)} matches; {detail}",
