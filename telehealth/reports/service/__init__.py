@@ -1,0 +1,90 @@
+"""Reports: templates, draft → preliminary → signed, addenda, documents, critical results."""
+
+from telehealth.reports.service.common import (
+    AlreadyAcknowledged,
+    CriticalResultNotFound,
+    DocumentNotReady,
+    InvalidReport,
+    NotTheAuthor,
+    ReportConfig,
+    ReportContext,
+    ReportNotFound,
+    SameReader,
+    TemplateNotFound,
+)
+from telehealth.reports.service.critical import (
+    CriticalStep,
+    acknowledge,
+    check_critical_escalations,
+    flag,
+    list_critical,
+)
+from telehealth.reports.service.document import (
+    ENCAPSULATED_PDF,
+    encapsulated_pdf,
+    store_pending_documents,
+)
+from telehealth.reports.service.lifecycle import (
+    CriticalFlag,
+    NotSigned,
+    ReportDraft,
+    ReportView,
+    add_addendum,
+    get_report,
+    issue_preliminary,
+    list_reports,
+    report_pdf,
+    save_draft,
+    sign,
+)
+from telehealth.reports.service.pdf import Sheet, render_pdf
+from telehealth.reports.service.sweep import sweeper
+from telehealth.reports.service.templates import (
+    FieldType,
+    Template,
+    TemplateField,
+    get_template,
+    list_templates,
+    parse_templates,
+)
+
+__all__ = [
+    "ENCAPSULATED_PDF",
+    "AlreadyAcknowledged",
+    "CriticalFlag",
+    "CriticalResultNotFound",
+    "CriticalStep",
+    "DocumentNotReady",
+    "FieldType",
+    "InvalidReport",
+    "NotSigned",
+    "NotTheAuthor",
+    "ReportConfig",
+    "ReportContext",
+    "ReportDraft",
+    "ReportNotFound",
+    "ReportView",
+    "SameReader",
+    "Sheet",
+    "Template",
+    "TemplateField",
+    "TemplateNotFound",
+    "acknowledge",
+    "add_addendum",
+    "check_critical_escalations",
+    "encapsulated_pdf",
+    "flag",
+    "get_report",
+    "get_template",
+    "issue_preliminary",
+    "list_critical",
+    "list_reports",
+    "list_templates",
+    "parse_templates",
+    "render_pdf",
+    "report_pdf",
+    "save_draft",
+    "sign",
+    "store_pending_documents",
+    "sweeper",
+]
