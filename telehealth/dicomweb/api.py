@@ -24,7 +24,7 @@ DICOM_JSON = "application/dicom+json"
 # Stored DICOM is mostly pixels: gzip costs the CPU the stream needs and gains little.
 # Starlette's GZipMiddleware leaves a response alone once it names its own encoding.
 _NO_GZIP = {"Content-Encoding": "identity"}
-_CHUNK_BYTES = 256 * 1024
+_CHUNK_BYTES = 1024 * 1024
 
 
 def _qido(
