@@ -11,10 +11,15 @@ from fastapi.responses import JSONResponse
 
 from telehealth.archive.api import router as archive_router
 from telehealth.auth.api import router as auth_router
+from telehealth.cases.api import router as cases_router
 from telehealth.dicomweb.api import router as dicomweb_router
+from telehealth.ecg.api import router as ecg_router
 from telehealth.errors import DomainError, wire_status
 from telehealth.hub import Hub
 from telehealth.institutions.api import router as institutions_router
+from telehealth.ohif import OhifDist, OhifDistUnusable, dist_folder
+from telehealth.ohif import router as ohif_router
+from telehealth.reports.api import router as reports_router
 
 log = logging.getLogger(__name__)
 
@@ -58,4 +63,20 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(institutions_router)
     app.include_router(archive_router)
     app.include_router(dicomweb_router)
+    app.include_router(cases_router)
+    app.include_router(ecg_router)
+    app.include_router(reports_router)
+    _mount_ohif(app, hub)
     return app
+
+
+def _mount_ohif(app: FastAPI, hub: Hub) -> None:
+    """The OHIF viewer at /ohif/ when its build is there; the hub runs without it."""
+    folder = dist_folder(hub.settings)
+    if not folder.is_dir():
+        log.info("OHIF viewer not served: no build at %s (npm ci in viewer/ohif)", folder)
+        return
+    try:
+        app.include_router(ohif_router(OhifDist(folder)))
+    except OhifDistUnusable as exc:
+        log.error("OHIF viewer not served: %s", exc)

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     dicom_workers: int = 1
     # Largest PDU we accept; big PDUs mean fewer Python round trips per instance.
     max_pdu_bytes: int = 1_048_576
+    # Associations that only store or echo are served by the hub's own lean upper layer
+    # (dicom_node.fast_store); off hands every association to pynetdicom.
+    dicom_fast_store: bool = True
     dicom_tls_cert: Path | None = None
     dicom_tls_key: Path | None = None
     dicom_tls_ca: Path | None = None  # when set, callers must present a certificate it signed
@@ -71,12 +74,62 @@ class Settings(BaseSettings):
     upload_retry_seconds: float = 2.0
     study_stable_seconds: float = 60.0
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    # STOW-RS (PS3.18 §10.5). The body is read as it arrives and stops at the request limit;
+    # one part at a time is held in memory until ingested, so the part limit bounds memory.
+    stow_max_bytes: int = 2 * 1024 * 1024 * 1024
+    stow_max_part_bytes: int = 1024 * 1024 * 1024
 
     # Signing key for bearer tokens; generated into the data folder when not set.
     secret_key: str | None = None
     token_ttl_minutes: int = 12 * 60
     cookie_secure: bool = False
     cors_origins: list[str] = Field(default_factory=list)
+    # The OHIF viewer's build (npm @ohif/app dist/), served at /ohif/; by default the one that
+    # `npm ci` in viewer/ohif installs. Without it the hub runs without /ohif/.
+    ohif_dist: Path | None = None
+
+    # Reading cases. A claim is a lease the reader's client renews; an admin's assignment
+    # gets a longer one because the reader may not be at the screen yet.
+    case_lease_seconds: int = 300
+    case_assign_lease_seconds: int = 1800
+    case_escalation_check_seconds: float = 15.0
+    # An overdue case offered up waits this long before it is offered one level higher.
+    case_escalation_repeat_minutes: int = 30
+    # Time-of-day routing rules and the times in notifications use this zone.
+    case_timezone: str = "Asia/Shanghai"
+    # A stable study without a request becomes a case; priority/service by modality
+    # ("priority/service"; "*" for any other modality).
+    case_auto_create: bool = True
+    case_auto_defaults: dict[str, str] = Field(
+        default_factory=lambda: {
+            "ECG": "urgent/ecg",
+            "US": "routine/ultrasound",
+            "*": "routine/imaging",
+        }
+    )
+    case_auto_skip_modalities: list[str] = Field(default_factory=lambda: ["SR", "KO", "PR", "DOC"])
+    # Loaded into empty routing tables on start; default telehealth/cases/routing.default.yaml.
+    routing_file: Path | None = None
+
+    # Reports. An unacknowledged critical result (危急值) goes to the clinic's admins and the
+    # reading group lead after the first interval, to the consortium's admins after the second
+    # (minutes from the flag). The PDF font: default Noto Sans CJK SC (noto-cjk-sans-otc).
+    report_critical_escalation_minutes: int = 10
+    report_critical_second_escalation_minutes: int = 20
+    report_font: str | None = None
+    # Services whose signed reports need a second reader (double reading), e.g. ["imaging"].
+    report_double_reading_services: list[str] = Field(default_factory=list)
+
+    # ECG (issue 5). Triage: measurements past these raise an ECG case's priority; request
+    # flags (chest_pain, syncope, palpitations) listed here make it STAT, others URGENT.
+    ecg_triage_hr_low_bpm: float = 40.0
+    ecg_triage_hr_high_bpm: float = 150.0
+    ecg_triage_qtc_ms: float = 500.0  # QTc (Bazett)
+    ecg_triage_pause_s: float = 3.0
+    ecg_triage_stat_requests: list[str] = Field(default_factory=lambda: ["chest_pain"])
+    ecg_max_upload_bytes: int = 50 * 1024 * 1024
+    # A CJK font for rendered ECGs; by default Noto Sans CJK from the noto-cjk-sans-otc package.
+    ecg_font: Path | None = None
 
     log_level: str = "INFO"
 

@@ -20,6 +20,7 @@ class Topic(StrEnum):
     INSTANCE_STORED = "instance.stored"
     STUDY_STABLE = "study.stable"
     CASE_CHANGED = "case.changed"  # a case was created, routed, claimed, escalated, …
+    ECG_MEASURED = "ecg.measured"  # an ECG instance was measured (payload: ecg results)
 
 
 Listener = Callable[[dict[str, Any]], None]

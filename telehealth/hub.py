@@ -16,11 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from telehealth.archive.service import Archive, ReadCache, Spool
 from telehealth.auth import service as auth
+from telehealth.cases import service as cases
 from telehealth.clock import SYSTEM_CLOCK, Clock
 from telehealth.config import Settings
 from telehealth.db import create_db_engine, make_session_factory, migrate, ping
 from telehealth.dicomweb.service import MetadataWarmer
-from telehealth.events import EventBus
+from telehealth.ecg.service.triage import TriageThresholds
+from telehealth.ecg.service.worker import EcgWorker
+from telehealth.events import EventBus, Topic
+from telehealth.reports import service as reports
 from telehealth.storage import EmbeddedS3, ObjectStore, S3Endpoint
 
 if TYPE_CHECKING:
@@ -41,6 +45,11 @@ class Hub:
         self.spool: Spool
         self.archive: Archive
         self.metadata_warmer: MetadataWarmer
+        self.ecg_worker: EcgWorker
+        self.cases: cases.CaseContext
+        self.case_feed = cases.LiveFeed()
+        self.escalator: cases.Escalator
+        self.reports: reports.ReportContext
         self.dicom_node: DicomNode | None = None
         self.secret: str
         self.token_ttl = timedelta(minutes=settings.token_ttl_minutes)
@@ -72,7 +81,38 @@ class Hub:
             read_cache=ReadCache(settings.read_cache_dir, max_bytes=settings.read_cache_bytes),
         )
         self.metadata_warmer = MetadataWarmer(self.archive, self.factory, self.events)
+        self.ecg_worker = EcgWorker(
+            self.archive,
+            self.factory,
+            self.events,
+            clock=self.clock,
+            thresholds=TriageThresholds.from_settings(settings),
+        )
+        self._open_cases(seed=run_migrations)
+        self.reports = reports.ReportContext(
+            self.cases, reports.ReportConfig.from_settings(settings), self.archive
+        )
+        self.escalator.hooks.append(reports.sweeper(self.factory, self.reports))
         return self
+
+    def _open_cases(self, *, seed: bool) -> None:
+        """Cases from stable studies, ECG triage, live worklist messages, the escalation check."""
+        settings = self.settings
+        self.cases = cases.CaseContext(
+            clock=self.clock, bus=self.events, config=cases.CaseConfig.from_settings(settings)
+        )
+        self.events.subscribe(cases.CASE_TOPIC, self.case_feed.deliver)
+        self.events.subscribe(
+            Topic.STUDY_STABLE, cases.stable_study_listener(self.factory, self.cases)
+        )
+        self.events.subscribe(
+            Topic.ECG_MEASURED, cases.ecg_measured_listener(self.factory, self.cases)
+        )
+        self.escalator = cases.Escalator(
+            self.factory, self.cases, interval=settings.case_escalation_check_seconds
+        )
+        if seed:
+            cases.seed_on_first_start(self.factory, self.cases, settings.routing_file)
 
     def _s3_endpoint(self) -> S3Endpoint:
         settings = self.settings
@@ -115,6 +155,8 @@ class Hub:
         if background:
             self.archive.start()
             self.metadata_warmer.start()
+            self.ecg_worker.start()
+            self.escalator.start()
         if dicom:
             from dicom_node.server import DicomNode
 
@@ -125,6 +167,10 @@ class Hub:
         if self.dicom_node is not None:
             self.dicom_node.stop()
             self.dicom_node = None
+        if hasattr(self, "escalator"):
+            self.escalator.stop()
+        if hasattr(self, "ecg_worker"):
+            self.ecg_worker.stop()
         if hasattr(self, "metadata_warmer"):
             self.metadata_warmer.stop()
         if hasattr(self, "archive"):

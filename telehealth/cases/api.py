@@ -58,6 +58,7 @@ def _case_out(row: service.CaseRow, ctx: service.CaseContext) -> CaseOut:
         id=case.id,
         status=case.status,
         priority=case.priority,
+        triage_reason=case.triage_reason,
         service=case.service,
         origin=case.origin,
         study_instance_uid=row.study_instance_uid,

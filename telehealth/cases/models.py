@@ -86,6 +86,7 @@ class CaseEventKind(StrEnum):
     CREATED = "created"
     REQUESTED = "requested"  # a request filled in an automatic case
     UPDATED = "updated"
+    TRIAGED = "triaged"  # ECG triage raised the priority
     ROUTED = "routed"
     CLAIMED = "claimed"
     RELEASED = "released"
@@ -208,6 +209,8 @@ class Case(Base):
     clinical_history: Mapped[str] = mapped_column(Text, default="")
     question: Mapped[str] = mapped_column(Text, default="")
     priority: Mapped[CasePriority] = mapped_column(String(16))
+    # Why triage raised the priority (ECG measurements, the request's words); shown in the queue.
+    triage_reason: Mapped[str | None] = mapped_column(Text)
     priority_rank: Mapped[int] = mapped_column(SmallInteger)
     service: Mapped[CaseService] = mapped_column(String(32))
     status: Mapped[CaseStatus] = mapped_column(String(16))

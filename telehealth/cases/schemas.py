@@ -67,6 +67,9 @@ class CaseOut(BaseModel):
     id: int
     status: CaseStatus
     priority: CasePriority
+    triage_reason: str | None = Field(
+        default=None, description="why ECG triage raised the priority (None: it did not)"
+    )
     service: CaseService
     origin: CaseOrigin
     study_instance_uid: str

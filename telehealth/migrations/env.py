@@ -4,8 +4,11 @@ from alembic import context
 
 import telehealth.archive.models
 import telehealth.auth.models
+import telehealth.cases.models
 import telehealth.dicomweb.models
-import telehealth.institutions.models  # noqa: F401  (tables register on Base.metadata)
+import telehealth.ecg.models
+import telehealth.institutions.models
+import telehealth.reports.models  # noqa: F401  (tables register on Base.metadata)
 from telehealth.db import Base
 
 connection = context.config.attributes.get("connection")

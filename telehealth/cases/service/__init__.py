@@ -92,6 +92,7 @@ from telehealth.cases.service.requests import (
     update_case,
 )
 from telehealth.cases.service.routing import CaseFacts, Routing, route, study_facts
+from telehealth.cases.service.triage import apply_triage, ecg_measured_listener, triage_study
 
 __all__ = [
     "CASE_TOPIC",
@@ -135,6 +136,7 @@ __all__ = [
     "RuleView",
     "Subscription",
     "Viewer",
+    "apply_triage",
     "as_spec",
     "assign",
     "cancel_case",
@@ -146,6 +148,7 @@ __all__ = [
     "deadline_for",
     "delete_group",
     "delete_rule",
+    "ecg_measured_listener",
     "expire_leases",
     "get_case",
     "get_group",
@@ -174,6 +177,7 @@ __all__ = [
     "seed_on_first_start",
     "stable_study_listener",
     "study_facts",
+    "triage_study",
     "update_case",
     "worklist",
 ]

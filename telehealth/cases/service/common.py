@@ -27,6 +27,7 @@ from telehealth.cases.models import (
 from telehealth.cases.scope import reader_cases
 from telehealth.cases.service.live import publish_after_commit
 from telehealth.clock import SYSTEM_CLOCK, Clock
+from telehealth.ecg.service.triage import TriageThresholds
 from telehealth.errors import Conflict, Invalid, NotFound
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class CaseConfig:
     auto_fallback: tuple[CasePriority, CaseService] = (CasePriority.ROUTINE, CaseService.IMAGING)
     # Studies holding nothing but these are not read (a report sent back, a key object).
     auto_skip_modalities: frozenset[str] = frozenset({"SR", "KO", "PR", "DOC"})
+    # ECG triage (TELEHEALTH_ECG_TRIAGE_*): which measurements and request words raise a case.
+    triage: TriageThresholds = field(default_factory=TriageThresholds)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CaseConfig:
@@ -127,6 +130,7 @@ class CaseConfig:
             auto_defaults=MappingProxyType(defaults),
             auto_fallback=fallback,
             auto_skip_modalities=frozenset(m.upper() for m in settings.case_auto_skip_modalities),
+            triage=TriageThresholds.from_settings(settings),
         )
 
 

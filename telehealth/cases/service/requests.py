@@ -40,6 +40,7 @@ from telehealth.cases.service.common import (
 )
 from telehealth.cases.service.deadlines import schedule
 from telehealth.cases.service.routing import CaseFacts, route, study_facts
+from telehealth.cases.service.triage import apply_triage
 from telehealth.db import transaction
 from telehealth.errors import NotFound
 
@@ -175,6 +176,9 @@ def _create(
         due_at=case.due_at.isoformat(),
         study_instance_uid=study.study_instance_uid,
     )
+    # Before routing: a STAT case may be routed elsewhere.
+    if apply_triage(session, ctx, case, actor, caller_routes=True) and facts is not None:
+        facts = dataclasses.replace(facts, priority=case.priority)
     route_case(session, ctx, case, actor, facts=facts)
     announce(session, ctx, "created", case)
     return case
@@ -254,6 +258,7 @@ def _take_request_into(
         service=str(request.service),
         due_at=case.due_at.isoformat(),
     )
+    apply_triage(session, ctx, case, actor, caller_routes=True)
     route_case(session, ctx, case, actor)
     auth.audit(session, actor, "case.request", object_type="case", object_id=str(case.id))
     announce(session, ctx, "changed", case)
@@ -349,7 +354,8 @@ def update_case(
         schedule(session, case, now)
         changed["due_at"] = case.due_at.isoformat()
     record(session, case, CaseEventKind.UPDATED, actor, now, **changed)
-    if ("priority" in changed or "service" in changed) and case.claim_holder_id is None:
+    raised = apply_triage(session, ctx, case, actor, caller_routes=True)
+    if ("priority" in changed or "service" in changed or raised) and case.claim_holder_id is None:
         route_case(session, ctx, case, actor)
     auth.audit(session, actor, "case.update", object_type="case", object_id=str(case.id))
     announce(session, ctx, "changed", case)

@@ -10,7 +10,7 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,9 +36,8 @@ from telehealth.events import EventBus, Topic
 
 log = logging.getLogger(__name__)
 
-# events.Topic has no ECG member yet (not this domain's file); the bus keys listeners by any
-# string, as the cases domain's CASE_TOPIC does. Payload: see `_announce`.
-ECG_MEASURED = cast(Topic, "ecg.measured")
+# Payload: see `_announce`.
+ECG_MEASURED = Topic.ECG_MEASURED
 
 
 class NotAnEcgInstance(NotFound):

@@ -84,6 +84,7 @@ def upgrade() -> None:
     sa.Column('clinical_history', sa.Text(), nullable=False),
     sa.Column('question', sa.Text(), nullable=False),
     sa.Column('priority', sa.String(length=16), nullable=False),
+    sa.Column('triage_reason', sa.Text(), nullable=True),
     sa.Column('priority_rank', sa.SmallInteger(), nullable=False),
     sa.Column('service', sa.String(length=32), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
