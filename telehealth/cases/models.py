@@ -98,6 +98,16 @@ class CaseEventKind(StrEnum):
     ESCALATION_EXHAUSTED = "escalation_exhausted"  # nobody above could take it
     COMPLETED = "completed"  # a report was issued (preliminary or signed)
     CANCELLED = "cancelled"
+    # Steps of the case's report and critical results (telehealth.reports).
+    REPORT_CREATED = "report.created"
+    REPORT_SAVED = "report.saved"
+    REPORT_PRELIMINARY = "report.preliminary"
+    REPORT_SIGNED = "report.signed"
+    REPORT_ADDENDUM = "report.addendum"
+    CRITICAL_FLAGGED = "critical.flagged"
+    CRITICAL_NOTIFIED = "critical.notified"
+    CRITICAL_ACKNOWLEDGED = "critical.acknowledged"
+    CRITICAL_ESCALATED = "critical.escalated"
 
 
 class NotificationKind(StrEnum):
@@ -106,6 +116,7 @@ class NotificationKind(StrEnum):
     ESCALATED = "escalated"
     ASSIGNED = "assigned"
     UNROUTED = "unrouted"  # to admins: routing found no group for a case
+    CRITICAL_RESULT = "critical_result"  # a critical result awaits the clinic's acknowledgement
 
 
 class ReadingGroup(Base):

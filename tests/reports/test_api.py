@@ -143,4 +143,4 @@ def test_the_clinic_gets_its_signed_report_and_acknowledges_the_critical_result(
     assert site.call("GET", "tech_a", "/api/critical?status=open").json() == []
     events = site.call("GET", "tech_a", f"/api/cases/{case_id}/events")
     assert events.status_code == 200, events.text
-    assert "critical.acknowledged" in [e["detail"].get("event") for e in events.json()]
+    assert "critical.acknowledged" in [e["kind"] for e in events.json()]

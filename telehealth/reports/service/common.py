@@ -90,12 +90,9 @@ class ReportContext:
 def history(
     session: Session, case: Case, actor: auth.Actor | None, at: datetime, event: str, **detail: Any
 ) -> None:
-    """A report or critical-result step in the case's history.
-
-    The cases domain owns the event kinds; ours are UPDATED rows named by `event`
-    ("report.signed", "critical.acknowledged" …) until it grows kinds of their own.
-    """
-    record(session, case, CaseEventKind.UPDATED, actor, at, event=event, **detail)
+    """A report or critical-result step in the case's history; `event` names a CaseEventKind
+    ("report.signed", "critical.acknowledged" …)."""
+    record(session, case, CaseEventKind(event), actor, at, **detail)
 
 
 def holds_claim(case: Case, actor: auth.Actor, now: datetime, lease_token: int | None) -> bool:

@@ -37,7 +37,7 @@ from telehealth.reports.service.lifecycle import CriticalFlag
 
 # No kind of their own yet in the cases domain (see common.history): ESCALATED reads right
 # for a message that must reach someone now.
-_KIND = NotificationKind.ESCALATED
+_KIND = NotificationKind.CRITICAL_RESULT
 
 
 @dataclass(frozen=True)
