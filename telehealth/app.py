@@ -17,6 +17,7 @@ from telehealth.ecg.api import router as ecg_router
 from telehealth.errors import DomainError, wire_status
 from telehealth.hub import Hub
 from telehealth.institutions.api import router as institutions_router
+from telehealth.metrics.api import router as metrics_router
 from telehealth.ohif import OhifDist, OhifDistUnusable, dist_folder
 from telehealth.ohif import router as ohif_router
 from telehealth.reports.api import router as reports_router
@@ -66,6 +67,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(cases_router)
     app.include_router(ecg_router)
     app.include_router(reports_router)
+    app.include_router(metrics_router)
     _mount_ohif(app, hub)
     return app
 

@@ -29,7 +29,10 @@ def get_session(hub: HubDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# Commit before the response goes out ("function" scope): by default FastAPI ends a yield
+# dependency after sending, so a client could get 200 for a write it cannot yet read back,
+# or for a commit that then failed.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def client_address(request: Request) -> str:

@@ -66,6 +66,8 @@ class Permission(StrEnum):
     VIEW_REPORTS = "view_reports"
     SIGN_REPORTS = "sign_reports"  # write, issue, sign, amend; flag critical results
     ACKNOWLEDGE_CRITICAL = "acknowledge_critical"  # the requesting clinic's confirmation
+    # Consortium figures across every clinic: admins (Role.ADMIN holds every permission).
+    VIEW_METRICS = "view_metrics"
 
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {

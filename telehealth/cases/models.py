@@ -103,11 +103,20 @@ class CaseEventKind(StrEnum):
     REPORT_SAVED = "report.saved"
     REPORT_PRELIMINARY = "report.preliminary"
     REPORT_SIGNED = "report.signed"
+    # Double reading: the first report is signed and the case waits for a second reader …
+    REPORT_SECOND_READING = "report.second_reading"
+    # … who signed a second report that disagrees with the first (the note says why).
+    REPORT_DISAGREED = "report.disagreed"
     REPORT_ADDENDUM = "report.addendum"
     CRITICAL_FLAGGED = "critical.flagged"
     CRITICAL_NOTIFIED = "critical.notified"
     CRITICAL_ACKNOWLEDGED = "critical.acknowledged"
     CRITICAL_ESCALATED = "critical.escalated"
+    # Video consults about the case (telehealth.consults).
+    CONSULT_REQUESTED = "consult.requested"
+    CONSULT_CANCELLED = "consult.cancelled"
+    CONSULT_COMPLETED = "consult.completed"  # notes and advice filed
+    CONSULT_REFERRAL = "consult.referral"  # 双向转诊: referred up or down
 
 
 class NotificationKind(StrEnum):

@@ -58,6 +58,7 @@ def _out(view: service.ReportView) -> ReportOut:
         signed_by=view.signed_by,
         signed_at=r.signed_at,
         agrees=r.agrees,
+        disagreement_note=view.disagreement_note,
         addenda=[
             AddendumOut(
                 id=a.id,
@@ -142,9 +143,16 @@ def sign_report(
     critical = (
         service.CriticalFlag(body.critical.category, body.critical.note) if body.critical else None
     )
+    opinion = service.SecondOpinion(body.agrees, body.note) if body.agrees is not None else None
     with transaction(hub.factory) as session:
         service.sign(
-            session, actor, case_id, lease_token=body.lease_token, rctx=ctx, critical=critical
+            session,
+            actor,
+            case_id,
+            lease_token=body.lease_token,
+            rctx=ctx,
+            critical=critical,
+            opinion=opinion,
         )
     service.store_pending_documents(ctx)
     with transaction(hub.factory) as session:

@@ -56,6 +56,9 @@ class CriticalIn(BaseModel):
 
 class SignIn(LeaseIn):
     critical: CriticalIn | None = None
+    # Double reading: the second reader's verdict on the first report, and why if he disagrees.
+    agrees: bool | None = None
+    note: str = Field(default="", max_length=2000)
 
 
 class AddendumIn(BaseModel):
@@ -128,6 +131,7 @@ class ReportOut(BaseModel):
     signed_by: str | None
     signed_at: datetime | None
     agrees: bool | None
+    disagreement_note: str | None = None
     addenda: list[AddendumOut]
     critical_results: list[CriticalOut]
     documents: list[DocumentOut]

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import ColumnElement, exists, or_, select, update
 from sqlalchemy import case as sql_case
-from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from telehealth.auth import service as auth
@@ -17,6 +17,7 @@ from telehealth.cases.models import (
     CLAIMABLE_STATUSES,
     OPEN_STATUSES,
     Case,
+    CaseEvent,
     CaseEventKind,
     CaseStatus,
     NotificationKind,
@@ -39,6 +40,21 @@ from telehealth.cases.service.common import (
     visible_cases,
 )
 from telehealth.cases.service.routing import READER_ROLES
+from telehealth.errors import Forbidden
+
+
+class FirstReader(Forbidden):
+    """Double reading: whoever signed the case's first report may not take its second."""
+
+
+def _signed_by(user_id: int) -> ColumnElement[bool]:
+    """The user signed a report of the case. An open case with a signed report waits for its
+    second reading (telehealth.reports), and that must be someone else's."""
+    return exists().where(
+        CaseEvent.case_id == Case.id,
+        CaseEvent.kind == CaseEventKind.REPORT_SIGNED,
+        CaseEvent.user_id == user_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -123,6 +139,8 @@ def claim(session: Session, actor: auth.Actor, case_id: int, ctx: CaseContext) -
     case = get_case(session, actor, case_id, action="case.claim")
     if case.status not in CLAIMABLE_STATUSES:
         raise NotClaimable(f"case {case_id} is {case.status}")
+    if session.scalar(select(_signed_by(actor.user_id)).where(Case.id == case_id)):
+        raise FirstReader(f"you signed the first report of case {case_id}; another reader reads it")
     now = ctx.now()
     previous = case.claim_holder_id
     if _try_claim(session, case_id, actor.user_id, now, now + ctx.config.lease):
@@ -152,6 +170,7 @@ def claim_next(session: Session, actor: auth.Actor, ctx: CaseContext) -> Claim |
                 Case.status.in_(CLAIMABLE_STATUSES),
                 Case.group_id.is_not(None),
                 or_(Case.claim_holder_id.is_(None), Case.lease_expires_at <= now),
+                ~_signed_by(actor.user_id),
             )
             .order_by(Case.priority_rank, Case.due_at, Case.id)
             .limit(1)

@@ -3,6 +3,11 @@
 Only the reader holding the case's claim writes, issues and signs (the lease is checked by
 cases.complete, with fencing). A signed report never changes: every path below refuses it,
 and the model's before_update guard catches any that forgets.
+
+Double reading (ReportConfig.double_reading_services): signing the first report (`reading`
+1) does not complete the case; it goes back to the queue, and another reader writes and
+signs a second report (`reading` 2) that agrees or disagrees with the first. Only then is the
+case complete, and the clinic sees both reports and their PDFs.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from telehealth.archive.models import Patient, Study
 from telehealth.auth import service as auth
 from telehealth.auth.models import Role, User
 from telehealth.cases import service as cases
-from telehealth.cases.models import Case, CaseStatus, ReadingGroup
+from telehealth.cases.models import (
+    OPEN_STATUSES,
+    Case,
+    CaseEvent,
+    CaseEventKind,
+    CaseStatus,
+    ReadingGroup,
+)
 from telehealth.institutions.models import Institution
 from telehealth.reports.models import (
     Addendum,
@@ -36,6 +48,7 @@ from telehealth.reports.service.common import (
     InvalidReport,
     ReportContext,
     ReportNotFound,
+    SameReader,
     history,
     holds_claim,
 )
@@ -70,6 +83,14 @@ class CriticalFlag:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class SecondOpinion:
+    """The second reader's verdict on the first report; a disagreement says why."""
+
+    agrees: bool
+    note: str = ""
+
+
 @dataclass
 class ReportView:
     report: Report
@@ -79,6 +100,7 @@ class ReportView:
     addenda: list[tuple[Addendum, str | None]] = field(default_factory=list)
     critical_results: list[CriticalResult] = field(default_factory=list)
     documents: list[ReportDocument] = field(default_factory=list)
+    disagreement_note: str | None = None  # a second reading that disagrees: why
 
 
 # --- scope ------------------------------------------------------------------------------------
@@ -101,6 +123,29 @@ def _claimed(case: Case, actor: auth.Actor, rctx: ReportContext, lease_token: in
         raise cases.LeaseExpired(f"you no longer hold case {case.id}; claim it again")
 
 
+def _awaits_second_reading(case: Case, report: Report | None) -> bool:
+    """The first report is signed but the case is still open: double reading under way."""
+    return (
+        report is not None
+        and report.reading == 1
+        and report.status == ReportStatus.SIGNED
+        and case.status in OPEN_STATUSES
+    )
+
+
+def _first_report(session: Session, case_id: int) -> Report | None:
+    return session.scalar(select(Report).where(Report.case_id == case_id, Report.reading == 1))
+
+
+def _not_the_first_reader(session: Session, actor: auth.Actor, case: Case) -> Report:
+    """The first report, when the actor did not write or sign it. Raises SameReader."""
+    first = _first_report(session, case.id)
+    assert first is not None
+    if actor.user_id in (first.author_id, first.signed_by_id):
+        raise SameReader(f"you read case {case.id} first; the second reading is another's")
+    return first
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 
@@ -120,13 +165,19 @@ def save_draft(
     """
     case = _reader_case(session, actor, case_id, "report.write")
     report = _current(session, case_id)
-    if report is not None and report.status == ReportStatus.SIGNED:
+    reading = 1
+    first: Report | None = None
+    if _awaits_second_reading(case, report):
+        first = _not_the_first_reader(session, actor, case)
+        report, reading = None, 2  # the second reader starts a report of his own
+    elif report is not None and report.status == ReportStatus.SIGNED:
         raise ReportSigned(f"the report of case {case_id} is signed; add an addendum")
     _claimed(case, actor, rctx, lease_token)
     now = rctx.now()
     created = report is None
     if report is None or (draft.template and draft.template != report.template_code):
-        template = get_template(draft.template or _default_template(case))
+        default = first.template_code if first is not None else _default_template(case)
+        template = get_template(draft.template or default)
         defs = [f.as_dict() for f in template.fields]
         values = initial_values(session, template, case)
         if report is not None:  # keep what still fits the new template
@@ -135,7 +186,7 @@ def save_draft(
         if report is None:
             report = Report(
                 case_id=case.id,
-                reading=1,
+                reading=reading,
                 status=ReportStatus.DRAFT,
                 author_id=actor.user_id,
                 created_at=now,
@@ -166,6 +217,7 @@ def save_draft(
         now,
         "report.created" if created else "report.saved",
         report_id=report.id,
+        reading=report.reading,
         template=report.template_code,
     )
     auth.audit(session, actor, "report.write", object_type="report", object_id=str(report.id))
@@ -187,7 +239,10 @@ def issue_preliminary(
 ) -> Report:
     """Issue the report to the clinic before signing (初步报告). Raises as `sign`."""
     case = _reader_case(session, actor, case_id, "report.preliminary")
-    report = _report_to_sign(session, case)
+    report = _report_to_sign(session, actor, case)
+    if report.reading > 1:
+        # The clinic sees the two readings together once both are signed, never one alone.
+        raise InvalidReport("a second reading is signed, not issued as preliminary")
     cases.complete(session, actor, case_id, final=False, lease_token=lease_token, ctx=rctx.cases)
     now = rctx.now()
     report.status = ReportStatus.PRELIMINARY
@@ -199,10 +254,13 @@ def issue_preliminary(
     return report
 
 
-def _report_to_sign(session: Session, case: Case) -> Report:
+def _report_to_sign(session: Session, actor: auth.Actor, case: Case) -> Report:
     report = _current(session, case.id)
     if report is None:
         raise ReportNotFound(f"case {case.id} has no report yet")
+    if _awaits_second_reading(case, report):
+        _not_the_first_reader(session, actor, case)
+        raise ReportNotFound(f"case {case.id} awaits a second reading; write it first")
     if report.status == ReportStatus.SIGNED:
         raise ReportSigned(f"the report of case {case.id} is signed; add an addendum")
     if not report.impression.strip():
@@ -218,19 +276,36 @@ def sign(
     lease_token: int | None,
     rctx: ReportContext,
     critical: CriticalFlag | None = None,
+    opinion: SecondOpinion | None = None,
 ) -> Report:
     """Sign the case's report: final, immutable, rendered to a PDF for the study.
 
-    The document goes into the archive after the transaction commits
+    With double reading, the first signature puts the case back in the queue for another
+    reader and makes no PDF yet; the second report needs `opinion` and completes the case,
+    rendering both. The documents go into the archive after the transaction commits
     (`store_pending_documents`). Raises CaseNotFound, NotPermitted, ReportNotFound,
-    ReportSigned, InvalidReport, LeaseExpired (lapsed lease, or another reader's claim).
+    ReportSigned, InvalidReport, SameReader, LeaseExpired (lapsed lease, or another reader's
+    claim).
     """
     from telehealth.reports.service.critical import flag_critical
 
     case = _reader_case(session, actor, case_id, "report.sign")
-    report = _report_to_sign(session, case)
+    report = _report_to_sign(session, actor, case)
+    first: Report | None = None
+    if report.reading > 1:
+        first = _not_the_first_reader(session, actor, case)
+        if opinion is None:
+            raise InvalidReport("the second reading says whether it agrees with the first")
+        if not opinion.agrees and not opinion.note.strip():
+            raise InvalidReport("a disagreeing second reading says why (note)")
+    elif opinion is not None:
+        raise InvalidReport("only a second reading gives a verdict on the first")
+    double = first is None and case.service in rctx.config.double_reading_services
     # The lease decides who signs (fencing); everything below happens only if it holds.
-    cases.complete(session, actor, case_id, final=True, lease_token=lease_token, ctx=rctx.cases)
+    if double:
+        _claimed(case, actor, rctx, lease_token)  # a live lease; `release` fences the token
+    else:
+        cases.complete(session, actor, case_id, final=True, lease_token=lease_token, ctx=rctx.cases)
     now = rctx.now()
     if critical is not None:
         flag_critical(session, actor, case, critical, rctx, report=report)
@@ -238,8 +313,34 @@ def sign(
     report.signed_by_id = actor.user_id
     report.signed_at = now
     report.updated_at = now
+    if opinion is not None:
+        report.agrees = opinion.agrees
     session.flush()
-    document = _document(session, case, report, rctx, series_instance_uid=generate_uid())
+    if double:
+        history(session, case, actor, now, "report.signed", report_id=report.id, reading=1)
+        # Back to the queue for a reader of the group other than this one (cases.claim
+        # refuses him). The deadline keeps running: the clinic waits for both readings.
+        cases.release(session, actor, case_id, lease_token, rctx.cases)
+        history(session, case, None, now, "report.second_reading", report_id=report.id)
+        auth.audit(session, actor, "report.sign", object_type="report", object_id=str(report.id))
+        return report
+    if first is not None and opinion is not None and not opinion.agrees:
+        # Before the PDF: the second report prints the reason from this row.
+        history(
+            session,
+            case,
+            actor,
+            now,
+            "report.disagreed",
+            report_id=report.id,
+            first_report_id=first.id,
+            note=opinion.note,
+        )
+    # The clinic gets the readings together: the first one's PDF is made only now.
+    signed = [first, report] if first is not None else [report]
+    documents = [
+        _document(session, case, r, rctx, series_instance_uid=generate_uid()) for r in signed
+    ]
     history(
         session,
         case,
@@ -247,7 +348,9 @@ def sign(
         now,
         "report.signed",
         report_id=report.id,
-        sop_instance_uid=document.sop_instance_uid,
+        reading=report.reading,
+        agrees=report.agrees,
+        sop_instance_uid=documents[-1].sop_instance_uid,
     )
     auth.audit(session, actor, "report.sign", object_type="report", object_id=str(report.id))
     return report
@@ -264,7 +367,12 @@ def add_addendum(
     auth.require(actor, auth.Permission.SIGN_REPORTS)
     case = cases.get_case(session, actor, case_id, action="report.addendum", for_update=True)
     report = _current(session, case_id)
-    if report is None or report.status != ReportStatus.SIGNED:
+    # A first reading waiting for its second is not yet the clinic's to receive amended.
+    if (
+        report is None
+        or report.status != ReportStatus.SIGNED
+        or _awaits_second_reading(case, report)
+    ):
         raise NotSigned(f"case {case_id} has no signed report to amend")
     if not text.strip():
         raise InvalidReport("an addendum needs text")
@@ -302,16 +410,22 @@ def _visible_case(session: Session, actor: auth.Actor, case_id: int, action: str
     return cases.get_case(session, actor, case_id, action=action)
 
 
-def _clinic_sees(actor: auth.Actor, report: Report) -> bool:
-    """The clinic sees issued reports only (preliminary, signed), never a reader's draft."""
-    return actor.role != Role.TECHNICIAN or report.status != ReportStatus.DRAFT
+def _clinic_sees(actor: auth.Actor, case: Case, report: Report) -> bool:
+    """The clinic sees issued reports only (preliminary, signed), never a reader's draft,
+    and a double reading only once both readings are signed."""
+    if actor.role != Role.TECHNICIAN:
+        return True
+    if report.status == ReportStatus.DRAFT:
+        return False
+    under_way = report.reading > 1 or report.status == ReportStatus.SIGNED
+    return not (under_way and case.status in OPEN_STATUSES)
 
 
 def list_reports(session: Session, actor: auth.Actor, case_id: int) -> list[ReportView]:
     """The case's reports the actor may see (first and second reading). Raises CaseNotFound."""
     case = _visible_case(session, actor, case_id, "report.list")
     rows = session.scalars(select(Report).where(Report.case_id == case_id).order_by(Report.reading))
-    views = [_view(session, case, r) for r in rows if _clinic_sees(actor, r)]
+    views = [_view(session, case, r) for r in rows if _clinic_sees(actor, case, r)]
     auth.audit(session, actor, "report.list", object_type="case", object_id=str(case_id))
     return views
 
@@ -320,7 +434,7 @@ def get_report(session: Session, actor: auth.Actor, case_id: int) -> ReportView:
     """The case's current report. Raises CaseNotFound, ReportNotFound."""
     case = _visible_case(session, actor, case_id, "report.read")
     report = _current(session, case_id)
-    if report is None or not _clinic_sees(actor, report):
+    if report is None or not _clinic_sees(actor, case, report):
         raise ReportNotFound(f"case {case_id} has no report yet")
     auth.audit(session, actor, "report.read", object_type="report", object_id=str(report.id))
     return _view(session, case, report)
@@ -350,6 +464,7 @@ def _view(session: Session, case: Case, report: Report) -> ReportView:
         select(Addendum).where(Addendum.report_id == report.id).order_by(Addendum.id)
     )
     return ReportView(
+        disagreement_note=_disagreement(session, report),
         report=report,
         case=case,
         author=names(report.author_id),
@@ -370,6 +485,20 @@ def _view(session: Session, case: Case, report: Report) -> ReportView:
             )
         ),
     )
+
+
+def _disagreement(session: Session, report: Report) -> str | None:
+    """Why a second reading disagrees: its note lives in the case's history (report.disagreed)."""
+    if report.agrees is not False:
+        return None
+    events = session.scalars(
+        select(CaseEvent).where(
+            CaseEvent.case_id == report.case_id,
+            CaseEvent.kind == CaseEventKind.REPORT_DISAGREED,
+        )
+    )
+    notes = [e.detail.get("note", "") for e in events if e.detail.get("report_id") == report.id]
+    return notes[-1] if notes else ""
 
 
 def _names(session: Session) -> Any:
@@ -479,4 +608,14 @@ def _sheet(session: Session, case: Case, report: Report, rctx: ReportContext) ->
             for a in addenda
         ],
         status="" if case.status == CaseStatus.SIGNED else str(report.status),
+        second_reading=_verdict_line(session, report),
     )
+
+
+def _verdict_line(session: Session, report: Report) -> str:
+    if report.agrees is None:
+        return ""
+    if report.agrees:
+        return "复核意见 Second reading: 同意初读报告 agrees with the first report"
+    note = _disagreement(session, report) or ""
+    return f"复核意见 Second reading: 不同意初读报告 disagrees with the first report: {note}"

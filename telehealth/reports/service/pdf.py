@@ -31,6 +31,7 @@ class Sheet:
     critical: list[str] = field(default_factory=list)
     addenda: list[tuple[str, str]] = field(default_factory=list)  # (signed line, text)
     status: str = ""
+    second_reading: str = ""  # a second reader's verdict on the first report
 
 
 def render_pdf(sheet: Sheet, *, font_path: str | None = None) -> bytes:
@@ -84,6 +85,8 @@ def render_pdf(sheet: Sheet, *, font_path: str | None = None) -> bytes:
     line(sheet.impression or "—")
     pdf.ln(3)
     line(sheet.signed)
+    if sheet.second_reading:
+        line(sheet.second_reading)
     for signed, text in sheet.addenda:
         heading("补充报告 Addendum")
         line(text)

@@ -1,0 +1,1 @@
+"""Consortium metrics: volumes, turnaround, deadline compliance, critical results, reader load."""
