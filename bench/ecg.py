@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# Run as a script, bench/ would come first on sys.path and bench/queue.py would stand in for
+# the standard library's queue; the repository root goes there instead.
+sys.path[0] = str(ROOT)
 
 from telehealth.ecg.service.measure import detect_r_peaks, measure  # noqa: E402
 from tests.ecg.synthetic import synthetic_ecg, synthetic_set  # noqa: E402

@@ -37,10 +37,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+# Run as a script, bench/ would come first on sys.path and bench/queue.py would stand in for
+# the standard library's queue; the repository root goes there instead.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-# Shared process and data helpers of the ingest benchmark (bench/ is on sys.path when run).
-from ingest import (  # type: ignore[import-not-found]
+import httpx  # noqa: E402
+from pydicom import dcmread  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # noqa: E402
+
+from bench.ingest import (  # noqa: E402  (after the sys.path fix above)
     CALLING_AET,
     ORTHANC,
     VENV_BIN,
@@ -53,10 +60,6 @@ from ingest import (  # type: ignore[import-not-found]
     stop_all,
     wait_until,
 )
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 PASSWORD = secrets.token_urlsafe(16)  # a fresh hub per run; nothing to keep

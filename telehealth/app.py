@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from telehealth.archive.api import router as archive_router
 from telehealth.auth.api import router as auth_router
 from telehealth.cases.api import router as cases_router
+from telehealth.consults.api import router as consults_router
 from telehealth.dicomweb.api import router as dicomweb_router
 from telehealth.ecg.api import router as ecg_router
 from telehealth.errors import DomainError, wire_status
@@ -67,6 +68,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(cases_router)
     app.include_router(ecg_router)
     app.include_router(reports_router)
+    app.include_router(consults_router)
     app.include_router(metrics_router)
     _mount_ohif(app, hub)
     return app

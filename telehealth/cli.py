@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -101,7 +102,7 @@ def serve(
     workers: list[subprocess.Popen[bytes]] = []
     try:
         hub.open()
-        hub.start()
+        hub.start(signaling=True)
         workers = _start_dicom_workers(hub)
         config = uvicorn.Config(
             create_app(hub),
@@ -159,6 +160,31 @@ def dicom_worker() -> None:
         stop.wait()
     finally:
         hub.close()
+
+
+@app.command("signaling")
+def signaling_command(
+    data_dir: DataDir = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8043)")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1)")] = None,
+) -> None:
+    """Run the consult signalling server alone (no database; it checks the hub's join tokens).
+
+    It needs the hub's secret: $TELEHEALTH_SECRET_KEY, or the data folder's secret_key file.
+    """
+    import asyncio
+
+    from signaling.server import server_from_settings
+
+    settings = _settings(data_dir, signaling_port=port, signaling_host=host)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    secret = settings.secret_key or auth.load_or_create_secret(settings.data_dir)
+    server = server_from_settings(settings, secret)
+    console.print(f"signalling on ws://{settings.signaling_host}:{settings.signaling_port}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve_forever())
 
 
 @app.command("migrate")

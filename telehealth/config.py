@@ -131,6 +131,25 @@ class Settings(BaseSettings):
     # A CJK font for rendered ECGs; by default Noto Sans CJK from the noto-cjk-sans-otc package.
     ecg_font: Path | None = None
 
+    # Consults (issue 7). The signalling server: run by `telehealth serve` on its own port, or
+    # alone (`telehealth signaling`); clients get `signaling_public_url` (default
+    # ws://host:port) with their join token, which lives `consult_join_token_seconds`.
+    signaling_host: str = "127.0.0.1"
+    signaling_port: int = 8043
+    signaling_public_url: str | None = None
+    signaling_max_participants: int = 4  # a browser mesh beyond 4 costs each uplink too much
+    signaling_max_message_bytes: int = 64 * 1024  # an SDP with many candidates is ~10 kB
+    signaling_rate_per_second: float = 50.0
+    signaling_rate_burst: int = 200  # ICE candidates arrive in a burst when a call starts
+    signaling_heartbeat_seconds: float = 20.0
+    consult_join_token_seconds: int = 120
+    # ICE servers handed out with the join token. TURN credentials are minted per join with
+    # coturn's shared-secret scheme (turnserver --use-auth-secret --static-auth-secret=…).
+    ice_stun_urls: list[str] = Field(default_factory=list)
+    ice_turn_urls: list[str] = Field(default_factory=list)
+    turn_secret: str | None = None
+    turn_credential_seconds: int = 4 * 3600  # long enough for a consult, short if leaked
+
     log_level: str = "INFO"
 
     @property

@@ -19,6 +19,7 @@ from telehealth.auth import service as auth
 from telehealth.cases import service as cases
 from telehealth.clock import SYSTEM_CLOCK, Clock
 from telehealth.config import Settings
+from telehealth.consults.service import ConsultConfig
 from telehealth.db import create_db_engine, make_session_factory, migrate, ping
 from telehealth.dicomweb.service import MetadataWarmer
 from telehealth.ecg.service.triage import TriageThresholds
@@ -29,6 +30,7 @@ from telehealth.storage import EmbeddedS3, ObjectStore, S3Endpoint
 
 if TYPE_CHECKING:
     from dicom_node.server import DicomNode
+    from signaling.server import SignalingThread
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ class Hub:
         self.escalator: cases.Escalator
         self.reports: reports.ReportContext
         self.dicom_node: DicomNode | None = None
+        self.consults: ConsultConfig
+        self.signaling: SignalingThread | None = None
         self.secret: str
         self.token_ttl = timedelta(minutes=settings.token_ttl_minutes)
 
@@ -93,6 +97,7 @@ class Hub:
             self.cases, reports.ReportConfig.from_settings(settings), self.archive
         )
         self.escalator.hooks.append(reports.sweeper(self.factory, self.reports))
+        self.consults = ConsultConfig.from_settings(settings, self.secret)
         return self
 
     def _open_cases(self, *, seed: bool) -> None:
@@ -146,9 +151,12 @@ class Hub:
         probe = ObjectStore(candidate, self.settings.s3_bucket, timeout=2.0, retries=0)
         return candidate if probe.is_up() else None
 
-    def start(self, *, dicom: bool = True, background: bool = True) -> None:
+    def start(
+        self, *, dicom: bool = True, background: bool = True, signaling: bool = False
+    ) -> None:
         """Start background work: spool recovery, uploads, study-stable watcher, DICOM node.
 
+        `signaling`: the consult signalling server too (`telehealth serve`; off in tests).
         A DICOM node worker process starts the node only (`background=False`): the main hub
         recovers the spool, uploads and watches for stable studies for all processes.
         """
@@ -162,8 +170,26 @@ class Hub:
 
             self.dicom_node = DicomNode(self)
             self.dicom_node.start()
+        if signaling:
+            self._start_signaling()
+
+    def _start_signaling(self) -> None:
+        """The signalling server on its own port and loop (`telehealth serve`)."""
+        from signaling.server import SignalingThread, server_from_settings
+
+        # Tokens expire by the hub's clock, which issued them (a fake one in tests).
+        server = server_from_settings(
+            self.settings, self.secret, now=lambda: self.clock.now().timestamp()
+        )
+        self.signaling = SignalingThread(server).start()
+        if not self.settings.signaling_public_url:  # port 0 means "any": tell clients which
+            url = f"ws://{self.settings.signaling_host}:{self.signaling.port}"
+            self.consults = self.consults.with_signaling_url(url)
 
     def close(self) -> None:
+        if self.signaling is not None:
+            self.signaling.stop()
+            self.signaling = None
         if self.dicom_node is not None:
             self.dicom_node.stop()
             self.dicom_node = None

@@ -45,17 +45,34 @@ def _thresholds(hub: Hub) -> TriageThresholds:
 async def upload(
     hub: HubDep,
     actor: ActorOutsideSession,
-    file: Annotated[UploadFile, File(description="aECG / SCP-ECG / Philips or GE XML / DICOM")],
+    file: Annotated[
+        list[UploadFile],
+        File(
+            description="aECG / SCP-ECG / Philips or GE XML / DICOM / WFDB ZIP; or the files "
+            "of one PhysioNet WFDB record (.hea, .dat, .atr) as several `file` parts"
+        ),
+    ],
     study_instance_uid: Annotated[str | None, Form()] = None,
 ) -> UploadOut:
     """Store an ECG file, told apart by its content; non-DICOM files are converted to a DICOM
     ECG waveform and the original kept beside it. 422 names what is wrong with a bad file."""
     limit = hub.settings.ecg_max_upload_bytes
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise TooLarge(f"ECG file is larger than {limit} bytes")
-    if not data:
+    parts: list[tuple[str, bytes]] = []
+    left = limit
+    for part in file:
+        content = await part.read(left + 1)
+        left -= len(content)
+        if left < 0:
+            raise TooLarge(f"ECG upload is larger than {limit} bytes")
+        parts.append((part.filename or "", content))
+    if not parts or not any(content for _, content in parts):
         raise Invalid("empty ECG file")
+    if len(parts) == 1:
+        filename, data = parts[0]
+    else:
+        # Several files are one WFDB record (header found by content); kept as one ZIP.
+        data = await run_in_threadpool(service.bundle_files, parts)
+        filename = next((n for n, c in parts if service.looks_like_wfdb_header(c)), "")
     done = await run_in_threadpool(
         service.upload_ecg,
         hub.archive,
@@ -63,7 +80,7 @@ async def upload(
         hub.store,
         actor,
         data,
-        filename=file.filename or "",
+        filename=filename,
         study_uid=study_instance_uid or None,
         clock=hub.clock,
     )

@@ -5,6 +5,7 @@ from alembic import context
 import telehealth.archive.models
 import telehealth.auth.models
 import telehealth.cases.models
+import telehealth.consults.models
 import telehealth.dicomweb.models
 import telehealth.ecg.models
 import telehealth.institutions.models

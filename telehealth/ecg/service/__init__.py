@@ -48,6 +48,8 @@ from telehealth.ecg.service.waveform import (
     UnknownLead,
     UnsupportedEcgFormat,
 )
+from telehealth.ecg.service.wfdb_record import bundle_files, read_wfdb
+from telehealth.ecg.service.wfdb_record import looks_like_header as looks_like_wfdb_header
 from telehealth.ecg.service.worker import EcgWorker
 
 __all__ = [
@@ -78,6 +80,7 @@ __all__ = [
     "TruncatedEcg",
     "UnknownLead",
     "UnsupportedEcgFormat",
+    "bundle_files",
     "compute",
     "detect_format",
     "detect_r_peaks",
@@ -85,11 +88,13 @@ __all__ = [
     "find_instance",
     "get_measurements",
     "load_record",
+    "looks_like_wfdb_header",
     "measure",
     "measure_record",
     "original_of",
     "read_dicom_ecg",
     "read_ecg",
+    "read_wfdb",
     "render_page",
     "request_flags_from_text",
     "rhythm_of",

@@ -6,6 +6,13 @@ ECG (≤ 12 channels, 50–1000 Hz). Samples are stored as the source's integers
 as Channel Sensitivity and its offset as Channel Baseline, so the conversion adds no
 quantisation; only values beyond 16 bits are divided down (and said so in the result).
 
+A recording longer than SEGMENT_S (a Holter, a PhysioNet record) is cut by `split` into
+consecutive parts written as Ambulatory ECG instances of one series (`prefer`), each part's
+start in its Multiplex Group Time Offset and Instance Number. One 30-minute multiplex group
+would be legal for General ECG, but the measurements and the viewer read one instance's
+rhythm group whole: for 30 minutes that takes minutes, and every part stays far inside the
+IODs' per-group sample limits.
+
 The output is deterministic: the same record and UIDs give the same bytes, so an upload sent
 twice is the same instance twice (the archive stores it once).
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -35,9 +42,31 @@ def uid_from(*parts: str) -> str:
     return "2.25." + str(int.from_bytes(digest, "big"))
 
 
-def sop_class_for(record: EcgRecord) -> str:
-    """The most specific ECG IOD whose constraints the record meets. Raises EcgUnreadable."""
+SEGMENT_S = 10.0  # a resting ECG's length: each part is measured like one
+
+
+def split(record: EcgRecord, seconds: float = SEGMENT_S) -> list[tuple[float, EcgRecord]]:
+    """Consecutive parts of at most `seconds`, each with its start in ms; a tail shorter
+    than half a part joins the one before, so no part is too short to measure."""
+    size = max(1, round(seconds * record.sampling_frequency))
+    n = record.num_samples
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] < size // 2:
+        starts.pop()
+    parts = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else n
+        leads = tuple(replace(lead, samples=lead.samples[start:end]) for lead in record.leads)
+        parts.append((start * 1000.0 / record.sampling_frequency, replace(record, leads=leads)))
+    return parts
+
+
+def sop_class_for(record: EcgRecord, prefer: str | None = None) -> str:
+    """The most specific ECG IOD whose constraints the record meets, or `prefer` when it
+    meets that one's. Raises EcgUnreadable."""
     fs, channels, samples = record.sampling_frequency, len(record.leads), record.num_samples
+    if prefer == AMBULATORY_ECG and 50 <= fs <= 1000 and channels <= 12:
+        return AMBULATORY_ECG
     if 200 <= fs <= 1000 and channels <= 13 and samples <= 16384:
         return TWELVE_LEAD
     if 200 <= fs <= 1000 and channels <= 24:
@@ -109,9 +138,15 @@ def write_dicom_ecg(
     sop_uid: str,
     series_description: str = "",
     institution_name: str = "",
+    instance_number: int = 1,
+    time_offset_ms: float = 0.0,
+    prefer: str | None = None,
 ) -> Written:
-    """The record as a DICOM ECG waveform Part 10 file (Explicit VR Little Endian)."""
-    sop_class = sop_class_for(record)
+    """The record as a DICOM ECG waveform Part 10 file (Explicit VR Little Endian).
+
+    `instance_number` and `time_offset_ms` place one part of a split recording in its series.
+    """
+    sop_class = sop_class_for(record, prefer)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = UID(sop_uid)
@@ -153,14 +188,14 @@ def write_dicom_ecg(
     if record.acquisition.operator:
         ds.OperatorsName = _lo(record.acquisition.operator)
     # Waveform Identification, Acquisition Context.
-    ds.InstanceNumber = 1
+    ds.InstanceNumber = instance_number
     if date:
         ds.AcquisitionDateTime = date + time
     ds.AcquisitionContextSequence = Sequence()
 
     quantised = [quantise(lead.samples, lead.scale_uv, lead.offset_uv) for lead in record.leads]
     group = Dataset()
-    group.MultiplexGroupTimeOffset = _ds(0.0)
+    group.MultiplexGroupTimeOffset = _ds(time_offset_ms)  # PS3.3 C.10.9.1: from the start
     group.WaveformOriginality = "ORIGINAL"
     group.NumberOfWaveformChannels = len(record.leads)
     group.NumberOfWaveformSamples = record.num_samples

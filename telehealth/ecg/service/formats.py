@@ -11,6 +11,13 @@ from telehealth.ecg.service.dicom_waveform import read_dicom_ecg, rhythm_of
 from telehealth.ecg.service.scp import looks_like_scp, read_scp
 from telehealth.ecg.service.vendor_xml import read_muse, read_philips
 from telehealth.ecg.service.waveform import EcgRecord, UnsupportedEcgFormat
+from telehealth.ecg.service.wfdb_record import (
+    ZIP_MAGIC,
+    is_wfdb_zip,
+    looks_like_header,
+    read_wfdb,
+    read_wfdb_zip,
+)
 
 
 class EcgFormat(StrEnum):
@@ -19,6 +26,7 @@ class EcgFormat(StrEnum):
     SCP_ECG = "scp-ecg"
     PHILIPS_XML = "philips-xml"
     GE_MUSE_XML = "ge-muse-xml"
+    WFDB = "wfdb"  # PhysioNet record: a ZIP of .hea + .dat [+ annotations]
 
 
 EXTENSIONS = {
@@ -27,6 +35,7 @@ EXTENSIONS = {
     EcgFormat.SCP_ECG: ".scp",
     EcgFormat.PHILIPS_XML: ".xml",
     EcgFormat.GE_MUSE_XML: ".xml",
+    EcgFormat.WFDB: ".zip",
 }
 MEDIA_TYPES = {
     EcgFormat.DICOM: "application/dicom",
@@ -34,6 +43,7 @@ MEDIA_TYPES = {
     EcgFormat.SCP_ECG: "application/octet-stream",
     EcgFormat.PHILIPS_XML: "application/xml",
     EcgFormat.GE_MUSE_XML: "application/xml",
+    EcgFormat.WFDB: "application/zip",
 }
 _XML_ROOTS = {
     "AnnotatedECG": EcgFormat.HL7_AECG,
@@ -57,6 +67,13 @@ def detect_format(data: bytes) -> EcgFormat:
         return EcgFormat.DICOM
     if looks_like_scp(data):
         return EcgFormat.SCP_ECG
+    # A WFDB record is told by its header's content, whatever the files are called.
+    if data.startswith(ZIP_MAGIC):
+        if is_wfdb_zip(data):
+            return EcgFormat.WFDB
+        raise UnsupportedEcgFormat("a ZIP is read only when it holds a WFDB record (.hea)")
+    if looks_like_header(data):
+        return EcgFormat.WFDB
     head = _xml_head(data)
     if head.startswith(b"<"):
         match = _ROOT.search(head)
@@ -69,7 +86,7 @@ def detect_format(data: bytes) -> EcgFormat:
                 "(HL7 aECG AnnotatedECG, Philips restingecgdata, GE MUSE RestingECG)"
             )
     raise UnsupportedEcgFormat(
-        "the file is not DICOM, HL7 aECG, SCP-ECG, Philips XML or GE MUSE XML"
+        "the file is not DICOM, HL7 aECG, SCP-ECG, Philips XML, GE MUSE XML or a WFDB record"
     )
 
 
@@ -79,6 +96,10 @@ _READERS: dict[EcgFormat, Callable[[bytes], EcgRecord]] = {
     EcgFormat.SCP_ECG: read_scp,
     EcgFormat.PHILIPS_XML: read_philips,
     EcgFormat.GE_MUSE_XML: read_muse,
+    # A header alone names its .dat, which is then missing: read_wfdb says so.
+    EcgFormat.WFDB: lambda data: (
+        read_wfdb_zip(data) if data.startswith(ZIP_MAGIC) else read_wfdb({"record.hea": data})
+    ),
 }
 
 

@@ -435,9 +435,9 @@ def _delineate(
             tail = t_peak
             while tail < t_hi - 1 and sign * y[tail] > 0.1 * abs(amplitude):
                 tail += 1
-            limb = np.gradient(sign * y[t_peak : tail + 1])
-            if limb.size < 3:
+            if tail - t_peak < 2:  # np.gradient needs two samples; a limb needs three
                 continue
+            limb = np.gradient(sign * y[t_peak : tail + 1])
             k = int(np.argmin(limb))
             if limb[k] >= 0:
                 continue
@@ -483,9 +483,9 @@ def _delineate(
             head = p_peak
             while head > p_lo and sign * y[head] > 0.1 * abs(amplitude):
                 head -= 1
-            limb = np.gradient(sign * y[head : p_peak + 1])
-            if limb.size < 3:
+            if p_peak - head < 2:  # np.gradient needs two samples; a limb needs three
                 continue
+            limb = np.gradient(sign * y[head : p_peak + 1])
             k = int(np.argmax(limb))
             if limb[k] <= 0:
                 continue

@@ -157,6 +157,11 @@ def compute(
         status = MeasurementStatus.COMPUTED
     except EcgUnreadable as exc:
         automatic, status, error = {}, MeasurementStatus.FAILED, str(exc)
+    except (ValueError, IndexError, FloatingPointError) as exc:
+        # A signal the pipeline has not met before: keep the failure instead of retrying
+        # forever; the reader measures by hand and recompute runs again after a fix.
+        log.exception("ECG measurement failed on instance %s", instance_pk)
+        automatic, status, error = {}, MeasurementStatus.FAILED, f"measurement failed: {exc}"
     with transaction(factory) as session:
         kept = session.get(EcgMeasurement, instance_pk)
         if kept is None:

@@ -6,6 +6,11 @@ written; the original goes to the store before the instance is ingested and is r
 the ingest fails. UIDs derive from the uploading institution and the file's SHA-256, so
 the same file sent twice is the same instance (the archive keeps it once) and a retry after
 a failure lands on the same rows.
+
+A recording longer than SEGMENT_S is stored as consecutive Ambulatory ECG instances of one
+series (see dicom_writer); the upload answers with the first and lists them all in `parts`.
+The parts are all written before any is ingested; should an ingest fail midway, the parts
+already stored stay, and a retry (same UIDs) completes the series.
 """
 
 from __future__ import annotations
@@ -24,7 +29,14 @@ from telehealth.clock import SYSTEM_CLOCK, Clock
 from telehealth.db import transaction
 from telehealth.ecg.models import EcgOriginal
 from telehealth.ecg.service.dicom_waveform import read_dicom_ecg, rhythm_of
-from telehealth.ecg.service.dicom_writer import uid_from, write_dicom_ecg
+from telehealth.ecg.service.dicom_writer import (
+    AMBULATORY_ECG,
+    SEGMENT_S,
+    Written,
+    split,
+    uid_from,
+    write_dicom_ecg,
+)
 from telehealth.ecg.service.formats import EXTENSIONS, EcgFormat, detect_format, read_ecg
 from telehealth.ecg.service.results import digest
 from telehealth.ecg.service.waveform import EcgRecord, check_known_leads
@@ -39,6 +51,7 @@ FORMAT_NAMES = {
     EcgFormat.SCP_ECG: "SCP-ECG",
     EcgFormat.PHILIPS_XML: "Philips XML",
     EcgFormat.GE_MUSE_XML: "GE MUSE XML",
+    EcgFormat.WFDB: "PhysioNet WFDB",
 }
 
 
@@ -56,6 +69,7 @@ class EcgUpload:
     record: EcgRecord
     original_key: str | None
     sop_class_uid: str
+    parts: tuple[IngestResult, ...] = ()  # every instance, in time order (first = result)
 
 
 def original_key(sop_uid: str, sha256: str, kind: EcgFormat) -> str:
@@ -90,28 +104,46 @@ def upload_ecg(
     study = study_uid or uid_from("ecg-study", owner, sha256)
     series = uid_from("ecg-series", owner, sha256, study)
     sop = uid_from("ecg-instance", owner, sha256, study)
-    written = write_dicom_ecg(
-        record,
-        study_uid=study,
-        series_uid=series,
-        sop_uid=sop,
-        series_description=f"ECG converted from {FORMAT_NAMES[kind]}",
-    )
-    if written.max_divisor > 1:
-        log.warning("ECG %s: samples beyond 16 bits divided by %d", sop, written.max_divisor)
+    # One instance for a resting ECG; consecutive parts for a long recording.
+    pieces = split(record) if record.duration_s > SEGMENT_S * 1.5 else [(0.0, record)]
+    prefer = AMBULATORY_ECG if len(pieces) > 1 else None
+    written: list[tuple[str, Written]] = []
+    for number, (offset_ms, piece) in enumerate(pieces, start=1):
+        # Part 1 keeps the UID a single-instance upload always had.
+        part_sop = (
+            sop if number == 1 else uid_from("ecg-instance", owner, sha256, study, str(number))
+        )
+        out = write_dicom_ecg(
+            piece,
+            study_uid=study,
+            series_uid=series,
+            sop_uid=part_sop,
+            series_description=f"ECG converted from {FORMAT_NAMES[kind]}",
+            instance_number=number,
+            time_offset_ms=offset_ms,
+            prefer=prefer,
+        )
+        if out.max_divisor > 1:
+            log.warning("ECG %s: samples beyond 16 bits divided by %d", part_sop, out.max_divisor)
+        written.append((part_sop, out))
     key = original_key(sop, sha256, kind)
     store.put_bytes(key, data)
+    results: list[IngestResult] = []
     try:
-        result = archive.ingest(written.data, origin_for(actor, IngestSource.INTERNAL))
+        for _, out in written:
+            results.append(archive.ingest(out.data, origin_for(actor, IngestSource.INTERNAL)))
     except BaseException:
-        try:
-            store.remove(key)
-        except Exception:
-            log.exception("original %s left in the store after a failed ingest", key)
+        if not results:  # parts already stored refer to the original: it stays with them
+            try:
+                store.remove(key)
+            except Exception:
+                log.exception("original %s left in the store after a failed ingest", key)
         raise
     with transaction(factory) as session:
-        instance_pk = session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop))
-        if instance_pk is not None:
+        part_uids = [part_sop for part_sop, _ in written]
+        for instance_pk in session.scalars(
+            select(Instance.id).where(Instance.sop_instance_uid.in_(part_uids))
+        ):
             link = session.get(EcgOriginal, instance_pk) or EcgOriginal(instance_pk=instance_pk)
             link.format = str(kind)
             link.object_key = key
@@ -121,4 +153,4 @@ def upload_ecg(
             link.uploaded_by = actor.user_id
             link.uploaded_at = clock.now()
             session.add(link)
-    return EcgUpload(result, kind, record, key, written.sop_class_uid)
+    return EcgUpload(results[0], kind, record, key, written[0][1].sop_class_uid, tuple(results))

@@ -1,0 +1,1 @@
+"""Consults: the service on both databases, the API on a real app."""
