@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from telehealth.archive.models import Instance, Series, Study
@@ -162,18 +163,28 @@ def compute(
         # forever; the reader measures by hand and recompute runs again after a fix.
         log.exception("ECG measurement failed on instance %s", instance_pk)
         automatic, status, error = {}, MeasurementStatus.FAILED, f"measurement failed: {exc}"
-    with transaction(factory) as session:
-        kept = session.get(EcgMeasurement, instance_pk)
-        if kept is None:
-            kept = EcgMeasurement(instance_pk=instance_pk, reader_values=None, reader_comment="")
-            session.add(kept)
-        kept.sha256 = sha256
-        kept.status = status
-        kept.automatic = automatic
-        kept.error = error
-        kept.algorithm = ALGORITHM
-        kept.computed_at = clock.now()
-        session.flush()
+    # The worker and a reader's request may measure the same instance at once; on PostgreSQL
+    # the second insert then meets the first's row, and simply updates it on a second try.
+    for attempt in range(2):
+        try:
+            with transaction(factory) as session:
+                kept = session.get(EcgMeasurement, instance_pk)
+                if kept is None:
+                    kept = EcgMeasurement(
+                        instance_pk=instance_pk, reader_values=None, reader_comment=""
+                    )
+                    session.add(kept)
+                kept.sha256 = sha256
+                kept.status = status
+                kept.automatic = automatic
+                kept.error = error
+                kept.algorithm = ALGORITHM
+                kept.computed_at = clock.now()
+                session.flush()
+            break
+        except IntegrityError:
+            if attempt:
+                raise
     if events is not None:
         _announce(factory, events, kept, sop_uid, thresholds or TriageThresholds())
     return kept
