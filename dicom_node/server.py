@@ -6,6 +6,7 @@ into DIMSE statuses (through telehealth.errors), and knows nothing of storage.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import ssl
@@ -20,9 +21,17 @@ import pynetdicom.dul
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
+from pynetdicom.pdu_primitives import (
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+)
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node import fast_store
+from dicom_node.query_retrieve import SOP_CLASSES as QUERY_RETRIEVE_SOP_CLASSES
+from dicom_node.query_retrieve import QueryRetrieve
 from telehealth.archive.models import IngestSource
 from telehealth.archive.service import Origin
 from telehealth.db import transaction
@@ -84,8 +93,18 @@ class _HubAE(AE):
     """
 
     def __init__(self, node: DicomNode, ae_title: str) -> None:
-        super().__init__(ae_title)
         self._node = node
+        self._limit = 10
+        super().__init__(ae_title)
+
+    @property  # type: ignore[override]
+    def maximum_associations(self) -> int:
+        # pynetdicom counts only its own acceptors; the fast path's share one limit with them.
+        return max(0, self._limit - self._node.fast_associations)
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        self._limit = max(1, value)
 
     @property  # type: ignore[override]
     def require_calling_aet(self) -> list[str]:
@@ -107,11 +126,29 @@ class _HubAE(AE):
 
 class _SharedPortServer(ThreadedAssociationServer):
     """Lets several DICOM node processes listen on one port; the kernel spreads associations
-    among them (SO_REUSEPORT), so parallel associations use more than one core."""
+    among them (SO_REUSEPORT), so parallel associations use more than one core. Associations
+    that only store (or echo) are served by fast_store; pynetdicom gets all others."""
+
+    _plans: fast_store.Plans | None = None
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        node = self.ae._node  # type: ignore[attr-defined]
+        if self.ssl_context is not None or not node.hub.settings.dicom_fast_store:
+            super().finish_request(request, client_address)
+            return
+        if self._plans is None:  # two first callers at once merely build it twice
+            self._plans = fast_store.Plans(self.contexts, node.acceptor_user_information())
+        fast_store.serve(
+            node,
+            request,
+            str(client_address[0]),
+            self._plans,
+            lambda: super(_SharedPortServer, self).finish_request(request, client_address),
+        )
 
 
 class DicomNode:
@@ -127,10 +164,18 @@ class DicomNode:
         self.ae.acse_timeout = 30
         self.ae.dimse_timeout = 60
         self.ae.add_supported_context(Verification)
+        # Query/retrieve (dicom_node.query_retrieve). C-GET's C-STORE sub-operations need no
+        # context here: unrestricted storage accepts the SCP role a C-GET caller proposes.
+        for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+            self.ae.add_supported_context(sop_class)
+        self.ae.connection_timeout = 10  # a C-MOVE destination that does not answer
+        self.query_retrieve = QueryRetrieve(hub, self._caller_for)
         self._server: ThreadedAssociationServer | None = None
         self._callers: weakref.WeakKeyDictionary[Association, Caller] = weakref.WeakKeyDictionary()
         # Admitted while the registry could not be read; checked at their next C-STORE.
         self._unchecked: weakref.WeakSet[Association] = weakref.WeakSet()
+        self._fast: set[fast_store.FastAssociation] = set()
+        self._fast_lock = threading.Lock()
 
     @property
     def is_listening(self) -> bool:
@@ -141,6 +186,9 @@ class DicomNode:
             (evt.EVT_CONN_OPEN, self._on_connection),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self.query_retrieve.on_find),
+            (evt.EVT_C_GET, self.query_retrieve.on_get),
+            (evt.EVT_C_MOVE, self.query_retrieve.on_move),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         self._server = self.ae.start_server(
@@ -151,11 +199,19 @@ class DicomNode:
         )
         self.port = self._server.server_address[1]
         log.info("DICOM node %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
+        # What exists now (modules, mappers, settings) lives as long as the process. Without
+        # this the collector walks it all again and again while instances arrive: ~5% of the
+        # CPU of a hub process storing from several associations.
+        gc.freeze()
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+        with self._fast_lock:
+            fast = list(self._fast)
+        for assoc in fast:
+            assoc.close()
         self.ae.shutdown()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -175,32 +231,34 @@ class DicomNode:
         """Decide once per association whether its caller may associate; remember who it is."""
         if assoc in self._callers or assoc in self._unchecked:
             return True
-        ae_title = (assoc.requestor.ae_title or "").strip()
+        admitted, caller = self.check_caller(
+            (assoc.requestor.ae_title or "").strip(), assoc.requestor.address
+        )
+        if caller is not None:
+            self._callers[assoc] = caller
+        elif admitted:
+            self._unchecked.add(assoc)
+        return admitted
+
+    def check_caller(self, ae_title: str, address: str) -> tuple[bool, Caller | None]:
+        """Whether a caller may associate, and who it is (None: admitted unchecked)."""
         try:
-            self._callers[assoc] = self._identify(assoc)
+            return True, self.identify(ae_title, address)
         except Overloaded as exc:
             # The registry cannot be read (database down). Refusing now would say "calling AE
             # title not recognised", a permanent error that sends a technician hunting for a
             # misconfiguration; admitting and answering each C-STORE "Out of Resources"
             # until the caller can be checked tells the modality to retry later.
             log.warning(
-                "admitting AE %r at %s unchecked, registry unavailable: %s",
-                ae_title,
-                assoc.requestor.address,
-                exc,
+                "admitting AE %r at %s unchecked, registry unavailable: %s", ae_title, address, exc
             )
-            self._unchecked.add(assoc)
+            return True, None
         except DomainError as exc:
-            log.warning(
-                "refused association from AE %r at %s: %s", ae_title, assoc.requestor.address, exc
-            )
-            return False
-        return True
+            log.warning("refused association from AE %r at %s: %s", ae_title, address, exc)
+            return False, None
 
-    def _identify(self, assoc: Association) -> Caller:
+    def identify(self, ae_title: str, address: str) -> Caller:
         """Raises CallerRefused, Overloaded (database down)."""
-        ae_title = (assoc.requestor.ae_title or "").strip()
-        address = assoc.requestor.address
         settings = self.hub.settings
         with transaction(self.hub.factory) as session:
             caller = authorize_caller(
@@ -223,7 +281,7 @@ class DicomNode:
             return caller
         if assoc not in self._unchecked:
             raise CallerRefused("caller not admitted")
-        caller = self._identify(assoc)
+        caller = self.identify((assoc.requestor.ae_title or "").strip(), assoc.requestor.address)
         self._unchecked.discard(assoc)
         self._callers[assoc] = caller
         return caller
@@ -250,33 +308,83 @@ class DicomNode:
     def _on_store(self, event: Any) -> Dataset | int:
         _BusyPolling.mark_busy(event.assoc)
         try:
-            caller = self._caller_for(event.assoc)
+            data = event.encoded_dataset()
+        except Exception:
+            log.exception("C-STORE: the received dataset could not be framed")
+            return _status(0x0110, "processing failure")
+        status, comment = self.store(
+            data,
+            str(event.request.AffectedSOPInstanceUID or ""),
+            lambda: self._caller_for(event.assoc),
+        )
+        _BusyPolling.mark_busy(event.assoc)  # the next request is likely on its way
+        return _status(status, comment) if status else 0x0000
+
+    def store(
+        self, data: bytes | bytearray, requested_uid: str, caller_of: Callable[[], Caller]
+    ) -> tuple[int, str]:
+        """C-STORE a received Part 10 instance into the archive, for either path.
+
+        Returns the DIMSE status and an Error Comment; `caller_of` gives the association's
+        checked caller or raises CallerRefused/Overloaded.
+        """
+        try:
+            caller = caller_of()
         except DomainError as exc:
-            return _status(wire_status(exc)[1], str(exc))
+            return wire_status(exc)[1], error_comment(str(exc))
         origin = Origin(
             source=IngestSource.DIMSE,
             institution_id=caller.institution_id,
             ae_title=caller.ae_title,
             address=caller.address,
         )
-        requested_uid = str(event.request.AffectedSOPInstanceUID or "")
         try:
-            data = event.encoded_dataset()
             result = self.hub.archive.ingest(data, origin)
         except DomainError as exc:
             status = wire_status(exc)[1]
             log.warning("C-STORE from %s refused with 0x%04X: %s", caller.ae_title, status, exc)
-            return _status(status, str(exc))
+            return status, error_comment(str(exc))
         except Exception:
             log.exception("C-STORE from %s failed unexpectedly", caller.ae_title)
-            return _status(0x0110, "processing failure")
+            return 0x0110, "processing failure"
         if requested_uid and result.sop_instance_uid != requested_uid:
             # The dataset is stored (it is whole and valid); the sender's command disagreed.
             log.warning(
                 "C-STORE from %s: command and dataset SOP Instance UIDs differ", caller.ae_title
             )
-        _BusyPolling.mark_busy(event.assoc)  # the next request is likely on its way
-        return 0x0000
+        return 0x0000, ""
+
+    # --- the fast path's share of the node (fast_store) ---------------------------------------
+
+    @property
+    def fast_associations(self) -> int:
+        return len(self._fast)
+
+    def fast_association_started(self, assoc: fast_store.FastAssociation) -> bool:
+        """Count a fast association in; False when that would pass the node's limit."""
+        pynetdicom_acceptors = sum(1 for a in self.ae.active_associations if a.is_acceptor)
+        with self._fast_lock:
+            if len(self._fast) + pynetdicom_acceptors >= self.hub.settings.max_associations:
+                return False
+            self._fast.add(assoc)
+            return True
+
+    def fast_association_ended(self, assoc: fast_store.FastAssociation) -> None:
+        with self._fast_lock:
+            self._fast.discard(assoc)
+
+    def acceptor_user_information(self) -> list[Any]:
+        """The user information items of our A-ASSOCIATE-AC, as pynetdicom sends them."""
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = self.ae.maximum_pdu_size
+        class_uid = ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = self.ae.implementation_class_uid
+        items: list[Any] = [max_length, class_uid]
+        if self.ae.implementation_version_name:
+            version = ImplementationVersionNameNotification()
+            version.implementation_version_name = self.ae.implementation_version_name
+            items.append(version)
+        return items
 
 
 def _reader(sock: socket.socket) -> Callable[[int], bytearray]:
@@ -300,9 +408,14 @@ def _reader(sock: socket.socket) -> Callable[[int], bytearray]:
     return recv
 
 
+def error_comment(text: str) -> str:
+    """An Error Comment (0000,0902): LO, at most 64 characters, plain ASCII."""
+    return text.encode("ascii", "replace").decode()[:64]
+
+
 def _status(code: int, comment: str) -> Dataset:
-    """A status with an Error Comment (LO, 64 characters) so the sender sees why."""
+    """A status with an Error Comment so the sender sees why."""
     ds = Dataset()
     ds.Status = code
-    ds.ErrorComment = comment.encode("ascii", "replace").decode()[:64]
+    ds.ErrorComment = error_comment(comment)
     return ds

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from telehealth.archive.models import Instance, StorageState, Study
 from telehealth.archive.service.header import InstanceHeader, parse_header
 from telehealth.archive.service.index import (
     IndexOutcome,
+    KnownSeriesIndex,
     Origin,
     StoredCopy,
     index_instance,
@@ -102,6 +107,9 @@ class Archive:
         # Spool writes of concurrent ingests (one per association at a time); threads are
         # created on demand.
         self._writer = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="spool")
+        self._index_turn = _IndexTurns.for_database(factory)
+        self._engine: Engine = factory.kw["bind"]
+        self._known_series = KnownSeriesIndex(self._engine)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -123,7 +131,7 @@ class Archive:
 
     # --- the one way in ----------------------------------------------------------------------
 
-    def ingest(self, data: bytes, origin: Origin) -> IngestResult:
+    def ingest(self, data: bytes | bytearray, origin: Origin) -> IngestResult:
         """Keep a received Part 10 instance: spool (synced), index, queue its upload.
 
         Returns only once the bytes are on disk and indexed, so the caller may answer
@@ -133,11 +141,17 @@ class Archive:
         """
         self.spool.mark_activity()  # uploads in every process step aside (Uploader)
         header = parse_header(data)
-        # The spool write (mostly fsync, which releases the GIL) runs while we hash and index;
-        # the index transaction commits only after the write is synced, so Success still
-        # means "on disk and indexed", and a failed write rolls the index back.
+        # The spool file's sync (fsync, which releases the GIL) runs on another thread while
+        # we hash and index; the index transaction commits only after it, so Success still
+        # means "on disk and indexed", and a failed sync rolls the index back.
         name = self.spool.new_name(origin.institution_id)
-        writing = self._writer.submit(self.spool.write, data, origin.institution_id, name)
+        fd = self.spool.start_write(data, name)
+        try:
+            writing = self._writer.submit(self.spool.sync, fd, name)
+        except BaseException:  # shutting down
+            os.close(fd)
+            self.spool.remove(name)
+            raise
         committing: list[bool] = []
         try:
             copy = StoredCopy(name, hashlib.sha256(data).hexdigest(), len(data))
@@ -155,6 +169,8 @@ class Archive:
             futures.wait([writing])
             self.spool.remove(name)
             raise
+        if self.spool.spares_low:  # made while the answer goes out, not while it waits
+            self._writer.submit(self.spool.make_spares)
         if outcome == IndexOutcome.DUPLICATE:
             self.spool.remove(copy.spool_name)
         else:
@@ -185,27 +201,65 @@ class Archive:
         synced: Callable[[], object] = lambda: None,
         committing: list[bool] | None = None,
     ) -> tuple[IndexOutcome, str]:
+        committing = committing if committing is not None else []
         # Two associations may create the same new study at once; on PostgreSQL one of them
         # then hits a unique constraint and simply tries again, finding the other's rows.
         for attempt in range(3):
             try:
-                with transaction(self.factory) as session:
-                    outcome, key = index_instance(
-                        session,
-                        header,
-                        origin,
-                        copy,
-                        now=self.clock.now(),
-                        policy=self.duplicate_policy,
-                    )
-                    synced()  # raises the spool write's error: the transaction rolls back
-                    if committing is not None:
+                with self._index_turn(synced):
+                    key = self._index_in_known_series(header, origin, copy, synced, committing)
+                    if key is not None:
+                        return IndexOutcome.NEW, key
+                    with transaction(self.factory) as session:
+                        outcome, key = index_instance(
+                            session,
+                            header,
+                            origin,
+                            copy,
+                            now=self.clock.now(),
+                            policy=self.duplicate_policy,
+                        )
+                        synced()  # raises the spool write's error: the transaction rolls back
                         committing.append(True)  # leaving the block commits
                 return outcome, key
             except IntegrityError:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _index_in_known_series(
+        self,
+        header: InstanceHeader,
+        origin: Origin,
+        copy: StoredCopy,
+        synced: Callable[[], object],
+        committing: list[bool],
+    ) -> str | None:
+        """The common case, in a transaction of its own on the driver's cursor
+        (KnownSeriesIndex); the object key, or None when index_instance must decide.
+
+        Raises DatabaseUnavailable as transaction() does, IntegrityError, StudyOwnedElsewhere.
+        """
+        try:
+            with self._engine.begin() as conn:
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                try:
+                    key = self._known_series.add(cursor, header, origin, copy, self.clock.now())
+                except DBAPIError as exc:
+                    if exc.connection_invalidated:
+                        conn.invalidate()  # what SQLAlchemy does for its own statements
+                    raise
+                finally:
+                    cursor.close()
+                if key is None:
+                    return None  # nothing was written
+                synced()  # raises the spool write's error: the transaction rolls back
+                committing.append(True)  # leaving the block commits
+            return key
+        except DBAPIError as exc:
+            if isinstance(exc, OperationalError) or exc.connection_invalidated:
+                raise DatabaseUnavailable("database unavailable") from exc
+            raise
 
     # --- the one way out ---------------------------------------------------------------------
 
@@ -300,3 +354,57 @@ class Archive:
                     recover_spool(self, min_age_seconds=RECONCILE_MIN_AGE_SECONDS)
                 except Exception:
                     log.exception("spool reconciliation failed; will try again")
+
+
+class _IndexTurns:
+    """Ingests take turns at SQLite's single write lock, across threads and DICOM node worker
+    processes, and the next one goes in as soon as the last commits.
+
+    Left to itself, a SQLite writer that finds the lock taken sleeps 1, 2, 5, 10... ms before
+    trying again (its busy handler); with a few associations storing at once, those sleeps set
+    the pace. A blocking flock on a file beside the database queues them instead. PostgreSQL
+    locks rows, so there ingests need no turns.
+    """
+
+    def __init__(self, *, queue: bool, lock_path: Path | None = None) -> None:
+        self._queue = queue
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        if lock_path is not None:
+            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @classmethod
+    def for_database(cls, factory: sessionmaker[Session]) -> _IndexTurns:
+        url = getattr(factory.kw.get("bind"), "url", None)
+        if url is None or url.get_backend_name() != "sqlite":
+            return cls(queue=False)
+        database = url.database
+        if not database or database == ":memory:":
+            return cls(queue=True)
+        return cls(queue=True, lock_path=Path(f"{database}-ingest.lock"))
+
+    @contextlib.contextmanager
+    def __call__(self, ready: Callable[[], object]) -> Iterator[None]:
+        """Hold the turn. An ingest that finds another writing first waits for `ready()` (its
+        own spool write): a turn is then held only for the statements, not for a sync; alone,
+        it goes straight in and its statements overlap its sync."""
+        if not self._queue:
+            yield
+            return
+        if not self._thread_lock.acquire(blocking=False):
+            ready()
+            self._thread_lock.acquire()
+        try:  # threads share one fd, and flock does not tell them apart: the lock above does
+            if self._fd is not None:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # a DICOM node worker process is writing
+                    ready()
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if self._fd is not None:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()

@@ -6,9 +6,14 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from telehealth.archive.models import (
     IngestSource,
@@ -153,6 +158,30 @@ _BUMP_STUDY = (
         stable_at=None,
     )
 )
+_SET_MODALITIES = (
+    update(Study)
+    .where(Study.id == bindparam("study_pk"))
+    .values(modalities=bindparam("modalities"))
+)
+# Every column _instance_values gives, plus the two the caller adds.
+_INSTANCE_COLUMNS = [
+    "sop_instance_uid",
+    "series_pk",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "instance_number",
+    "number_of_frames",
+    "size_bytes",
+    "sha256",
+    "object_key",
+    "state",
+    "spool_name",
+    "source",
+    "source_ae",
+    "source_address",
+    "received_at",
+    "stored_at",
+]
 
 
 def _add_to_known_series(
@@ -179,8 +208,100 @@ def _add_to_known_series(
     conn.execute(_BUMP_STUDY, {"study_pk": row.study_pk, "size": copy.size, "now": now})
     modalities = _with_modality(row.modalities, header.modality)
     if modalities != row.modalities:
-        conn.execute(update(Study).where(Study.id == row.study_pk).values(modalities=modalities))
+        conn.execute(_SET_MODALITIES, {"study_pk": row.study_pk, "modalities": modalities})
     return True
+
+
+class KnownSeriesIndex:
+    """index_instance's common case, a new instance of a series already indexed, run as plain
+    statements on the database driver's cursor.
+
+    The statements are the ones above, compiled once by SQLAlchemy for the engine's dialect
+    with their bind processing (enums, UTC datetimes), so the rows are the same; what is left
+    out is SQLAlchemy's per-execution machinery, ~0.1 ms a statement against ~0.01 ms for
+    SQLite to run it, five times for every instance received.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        dialect = engine.dialect
+        self._find_version = _Prepared(_FIND_VERSION, dialect)
+        self._find_series = _Prepared(_FIND_SERIES, dialect)
+        self._insert = _Prepared(_INSERT_INSTANCE, dialect, _INSTANCE_COLUMNS)
+        self._bump_series = _Prepared(_BUMP_SERIES, dialect)
+        self._bump_study = _Prepared(_BUMP_STUDY, dialect)
+        self._set_modalities = _Prepared(_SET_MODALITIES, dialect)
+
+    def add(
+        self, cursor: Any, header: InstanceHeader, origin: Origin, copy: StoredCopy, now: datetime
+    ) -> str | None:
+        """Index a new instance of a known series; return its object key, or None (nothing
+        written) when the instance or its series is not that case: index_instance then
+        decides. Raises StudyOwnedElsewhere, sqlalchemy DBAPIError."""
+        if self._find_version.first(cursor, {"uid": header.sop_instance_uid}) is not None:
+            return None
+        row = self._find_series.first(
+            cursor,
+            {"series_uid": header.series_instance_uid, "study_uid": header.study_instance_uid},
+        )
+        if row is None:
+            return None
+        series_pk, study_pk, owner_id, old_modalities = row
+        _check_owner(owner_id, header, origin)
+        values = _instance_values(header, origin, copy, now)
+        values.update(sop_instance_uid=header.sop_instance_uid, series_pk=series_pk)
+        self._insert.run(cursor, values)
+        self._bump_series.run(cursor, {"series_pk": series_pk})
+        self._bump_study.run(cursor, {"study_pk": study_pk, "size": copy.size, "now": now})
+        modalities = _with_modality(old_modalities, header.modality)
+        if modalities != old_modalities:
+            self._set_modalities.run(cursor, {"study_pk": study_pk, "modalities": modalities})
+        return str(values["object_key"])
+
+
+class _Prepared:
+    """A Core statement compiled once for a dialect, run on a DBAPI cursor with SQLAlchemy's
+    bind processing; driver errors come out as SQLAlchemy's (OperationalError, ...)."""
+
+    def __init__(
+        self, statement: ClauseElement, dialect: Dialect, keys: list[str] | None = None
+    ) -> None:
+        compiled = cast(SQLCompiler, statement.compile(dialect=dialect, column_keys=keys))
+        self.sql = compiled.string
+        self._dialect = dialect
+        self._positional = compiled.positional
+        binds = {name: bind for bind, name in compiled.bind_names.items()}  # as rendered
+        self._names = list(compiled.positiontup or []) if compiled.positional else list(binds)
+        self._fixed = compiled.construct_params(_check=False)  # values given in the statement
+        self._processors = {name: binds[name].type.bind_processor(dialect) for name in self._names}
+
+    def run(self, cursor: Any, params: dict[str, Any]) -> None:
+        values = []
+        for name in self._names:
+            value = params[name] if name in params else self._fixed[name]
+            process = self._processors[name]
+            values.append(process(value) if process is not None else value)
+        driver_params = (
+            tuple(values) if self._positional else dict(zip(self._names, values, strict=True))
+        )
+        try:
+            cursor.execute(self.sql, driver_params)
+        except self._dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                self.sql,
+                driver_params,
+                exc,
+                self._dialect.loaded_dbapi.Error,
+                connection_invalidated=self._dialect.is_disconnect(
+                    exc, getattr(cursor, "connection", None), cursor
+                ),
+                dialect=self._dialect,
+            ) from exc
+
+    def first(self, cursor: Any, params: dict[str, Any]) -> tuple[Any, ...] | None:
+        self.run(cursor, params)
+        row = cursor.fetchone()
+        cursor.fetchall()  # leave the cursor clean for the next statement
+        return tuple(row) if row is not None else None
 
 
 def _check_owner(owner_id: int, header: InstanceHeader, origin: Origin) -> None:
