@@ -373,7 +373,12 @@ def run_hub(work: Path, one: Path, fours: list[Path], env_extra: dict[str, str])
         log.close()
 
 
-def run_orthanc(work: Path, one: Path, fours: list[Path]) -> Result:
+def start_orthanc(work: Path, **extra: object) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Orthanc on fresh storage in `work`, TCP_NODELAY on; `extra` adds configuration.
+
+    Returns the process, its HTTP port and its DICOM port once it answers. The caller stops
+    it (stop()); its log is work/orthanc.log.
+    """
     root = work / "orthanc"
     root.mkdir()
     http_port, dicom_port = free_port(), free_port()
@@ -389,17 +394,27 @@ def run_orthanc(work: Path, one: Path, fours: list[Path]) -> Result:
         "RemoteAccessAllowed": False,
         "AuthenticationEnabled": False,
         "Plugins": [],
+        **extra,
     }
     (root / "orthanc.json").write_text(json.dumps(config))
-    log = open(work / "orthanc.log", "wb")
-    proc = spawn(
-        [ORTHANC, str(root / "orthanc.json")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, TCP_NODELAY="1"),
-    )
+    with open(work / "orthanc.log", "wb") as log:
+        proc = spawn(
+            [ORTHANC, str(root / "orthanc.json")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, TCP_NODELAY="1"),
+        )
     try:
         wait_until(lambda: http_json(f"http://127.0.0.1:{http_port}/system"), 60, "Orthanc")
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, http_port, dicom_port
+
+
+def run_orthanc(work: Path, one: Path, fours: list[Path]) -> Result:
+    proc, _, dicom_port = start_orthanc(work)
+    try:
         sampler = RssSampler(proc.pid, exclude=())
         sampler.start()
         result = Result()
@@ -409,7 +424,6 @@ def run_orthanc(work: Path, one: Path, fours: list[Path]) -> Result:
         return result
     finally:
         stop(proc)
-        log.close()
 
 
 # --- main -----------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ Measured over HTTP keep-alive (httpx), each after one untimed warm-up request:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -49,13 +48,13 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # n
 
 from bench.ingest import (  # noqa: E402  (after the sys.path fix above)
     CALLING_AET,
-    ORTHANC,
     VENV_BIN,
     free_port,
     http_json,
     make_series,
     push,
     spawn,
+    start_orthanc,
     stop,
     stop_all,
     wait_until,
@@ -137,35 +136,14 @@ def start_hub(work: Path) -> tuple[subprocess.Popen[bytes], Target, str]:
     return proc, target, f"{base}/api/health"
 
 
-def start_orthanc(work: Path) -> tuple[subprocess.Popen[bytes], Target]:
-    root = work / "orthanc"
-    root.mkdir()
-    http_port, dicom_port = free_port(), free_port()
-    config = {
-        "Name": "bench",
-        "StorageDirectory": str(root / "storage"),
-        "IndexDirectory": str(root / "index"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "ORTHANC",
-        "DicomCheckCalledAet": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowFind": True,
-        "DicomAlwaysAllowMove": True,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "Plugins": [DICOMWEB_PLUGIN],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    log = open(work / "orthanc.log", "wb")
-    proc = spawn(
-        [ORTHANC, str(root / "orthanc.json")],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ, TCP_NODELAY="1"),
+def start_peer(work: Path) -> tuple[subprocess.Popen[bytes], Target]:
+    proc, http_port, dicom_port = start_orthanc(
+        work,
+        DicomAlwaysAllowFind=True,
+        DicomAlwaysAllowMove=True,
+        Plugins=[DICOMWEB_PLUGIN],
+        DicomWeb={"Enable": True, "Root": "/dicom-web/"},
     )
-    wait_until(lambda: http_json(f"http://127.0.0.1:{http_port}/system"), 60, "Orthanc")
     return proc, Target("orthanc", f"http://127.0.0.1:{http_port}/dicom-web", dicom_port, "ORTHANC")
 
 
@@ -317,7 +295,7 @@ def main() -> int:
             stop(proc)
         if not args.skip_orthanc:
             print("orthanc: loading", file=sys.stderr)
-            proc, orthanc = start_orthanc(tmp)
+            proc, orthanc = start_peer(tmp)
             try:
                 load(orthanc.dicom_port, orthanc.called_aet, folders, tmp, "orthanc")
                 print("orthanc: measuring", file=sys.stderr)
