@@ -291,6 +291,7 @@ def run_hub(work: Path, one: Path, fours: list[Path], env_extra: dict[str, str])
     data = work / "hub-data"
     tele = str(VENV_BIN / "telehealth")
     env = dict(os.environ, TELEHEALTH_LOG_LEVEL="WARNING", **env_extra)
+    env.setdefault("TELEHEALTH_SIGNALING_PORT", str(free_port()))
     env.pop("TELEHEALTH_DATA_DIR", None)
     quiet = {"stdout": subprocess.DEVNULL, "env": env, "check": True}
     subprocess.run(

@@ -102,7 +102,12 @@ def load(target_port: int, aec: str, folders: list[Path], work: Path, tag: str) 
 def start_hub(work: Path) -> tuple[subprocess.Popen[bytes], Target, str]:
     data = work / "hub-data"
     tele = str(VENV_BIN / "telehealth")
-    env = dict(os.environ, TELEHEALTH_LOG_LEVEL="WARNING", TELEHEALTH_DATA_DIR=str(data))
+    env = dict(
+        os.environ,
+        TELEHEALTH_LOG_LEVEL="WARNING",
+        TELEHEALTH_DATA_DIR=str(data),
+        TELEHEALTH_SIGNALING_PORT=str(free_port()),
+    )
     quiet = {"stdout": subprocess.DEVNULL, "env": env, "check": True}
     subprocess.run(
         [tele, "institution", "add", "BENCH", "--name", "Bench", "--level", "county"], **quiet

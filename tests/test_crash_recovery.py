@@ -50,6 +50,8 @@ def _env(data_dir: Path, database_url: str, s3: S3Endpoint, bucket: str) -> dict
         TELEHEALTH_UPLOAD_RETRY_SECONDS="0.2",
         TELEHEALTH_SECRET_KEY="crash-test-" + uuid.uuid4().hex,
         TELEHEALTH_LOG_LEVEL="WARNING",
+        # serve also runs the signalling server; another test's hub may hold the default port.
+        TELEHEALTH_SIGNALING_PORT=str(free_port()),
     )
     return env
 

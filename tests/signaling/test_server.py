@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -31,27 +32,37 @@ def _nobody_in(server: SignalingServer, room: int = 1) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("join", "code"),
+    ("make_join", "code"),
+    # Made when the test runs, not when it is collected: a token made at collection could
+    # expire before a long run reaches this test.
     [
-        ({"type": "join"}, CloseCode.TOKEN_MISSING),
-        ({"type": "join", "token": "eyJhbGciOiJIUzI1NiJ9.e30.bad"}, CloseCode.TOKEN_INVALID),
+        (lambda: {"type": "join"}, CloseCode.TOKEN_MISSING),
         (
-            {"type": "join", "token": token(key=derive_join_key("another hub"))},
+            lambda: {"type": "join", "token": "eyJhbGciOiJIUzI1NiJ9.e30.bad"},
             CloseCode.TOKEN_INVALID,
         ),
         (
-            {"type": "join", "token": token(issued=datetime.now(UTC) - timedelta(minutes=3))},
+            lambda: {"type": "join", "token": token(key=derive_join_key("another hub"))},
+            CloseCode.TOKEN_INVALID,
+        ),
+        (
+            lambda: {
+                "type": "join",
+                "token": token(issued=datetime.now(UTC) - timedelta(minutes=3)),
+            },
             CloseCode.TOKEN_EXPIRED,
         ),
-        ({"type": "join", "token": token(consult=2)}, CloseCode.WRONG_ROOM),
-        ({"type": "chat", "text": "hi"}, CloseCode.BAD_MESSAGE),
-        ({"type": "join", "token": 12}, CloseCode.BAD_MESSAGE),
+        (lambda: {"type": "join", "token": token(consult=2)}, CloseCode.WRONG_ROOM),
+        (lambda: {"type": "chat", "text": "hi"}, CloseCode.BAD_MESSAGE),
+        (lambda: {"type": "join", "token": 12}, CloseCode.BAD_MESSAGE),
     ],
     ids=["missing", "garbage", "forged", "expired", "other-room", "not-join", "bad-type"],
 )
 def test_a_socket_without_a_good_token_is_closed_before_it_joins(
-    join: dict[str, object], code: CloseCode
+    make_join: Callable[[], dict[str, object]], code: CloseCode
 ) -> None:
+    join = make_join()
+
     async def scenario() -> None:
         async with running() as server:
             host = await Client.join(server, token(user=1, role=HOST))
