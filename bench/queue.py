@@ -6,6 +6,12 @@ Not part of the test run. Prints a table and ends with one `name=value` line.
 
   python bench/queue.py                   # 50 readers x 500 cases on both databases
   python bench/queue.py --readers 20 --cases 200 --skip-postgresql
+  python bench/queue.py --read-ms 500     # readers that read before claiming again
+
+Little's law bounds the default run: with no reading time, 50 readers always have about 50
+transactions waiting, so a claim waits for about 50 others whatever the locking; what the
+locking decides is how evenly that wait is shared (p99 against p50). --read-ms gives the
+latency at a load below saturation.
 
 Each database is fresh: a SQLite file in a temp dir, and a PostgreSQL schema of its own
 (TELEHEALTH_BENCH_POSTGRES_URL, else TELEHEALTH_TEST_POSTGRES_URL, else the local default)
@@ -35,6 +41,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import threading
@@ -87,14 +94,29 @@ class Run:
         return (self.cases - self.unread) / self.wall_s if self.wall_s else 0.0
 
 
-def _study(session: Session, institution_id: int, now: datetime) -> str:
-    """A one-instance study indexed directly: the queue never reads its bytes."""
+def index_study(
+    session: Session,
+    institution_id: int,
+    now: datetime,
+    *,
+    patient_id: str | None = None,
+    patient_name: str = "Bench^Patient",
+    birth_date: str = "",
+    sex: str = "",
+    accession: str = "",
+    description: str = "CT",
+    body_part: str = "",
+) -> str:
+    """A one-instance CT study indexed directly (benches never read its bytes); its UID.
+
+    The keywords fill what a page shows (browser_worklist.py); the queue needs none.
+    """
     patient = Patient(
         issuer_id=institution_id,
-        patient_id=f"P{uuid.uuid4().hex[:8]}",
-        name="Bench^Patient",
-        birth_date="",
-        sex="",
+        patient_id=patient_id or f"P{uuid.uuid4().hex[:8]}",
+        name=patient_name,
+        birth_date=birth_date,
+        sex=sex,
     )
     session.add(patient)
     session.flush()
@@ -104,8 +126,8 @@ def _study(session: Session, institution_id: int, now: datetime) -> str:
         institution_id=institution_id,
         study_date="20260302",
         study_time="",
-        accession_number="",
-        description="CT",
+        accession_number=accession,
+        description=description,
         referring_physician="",
         modalities="CT",
         num_series=1,
@@ -121,7 +143,7 @@ def _study(session: Session, institution_id: int, now: datetime) -> str:
         study_pk=study.id,
         modality="CT",
         description="",
-        body_part="",
+        body_part=body_part,
         num_instances=1,
     )
     session.add(series)
@@ -190,12 +212,12 @@ def _seed(
         )
         tech = auth.actor_for(users[0])
         for _ in range(total):
-            uid = _study(session, clinic.id, now)
+            uid = index_study(session, clinic.id, now)
             cases.request_reading(session, tech, cases.ReadingRequest(study_instance_uid=uid), ctx)
         return [auth.actor_for(u) for u in users[1:]]
 
 
-def _drain(url: str, name: str, readers: int, total: int) -> Run:
+def _drain(url: str, name: str, readers: int, total: int, read_s: float = 0.0) -> Run:
     run = Run(name, readers, total)
     engine = create_db_engine(url)
     try:
@@ -213,6 +235,9 @@ def _drain(url: str, name: str, readers: int, total: int) -> Run:
             assert actor.user_id is not None
             barrier.wait()
             claims = 0
+            pace = random.Random(actor.user_id)
+            if read_s:  # readers come in over a while, not all in the same millisecond
+                time.sleep(pace.uniform(0, 2 * read_s))
             try:
                 while True:
                     started = time.perf_counter()
@@ -226,6 +251,8 @@ def _drain(url: str, name: str, readers: int, total: int) -> Run:
                         run.claim_ms.append(elapsed)
                         if holders.setdefault(claim.case_id, actor.user_id) != actor.user_id:
                             run.double_claims += 1
+                    if read_s:  # the reader reads, holding no transaction; readers drift apart
+                        time.sleep(pace.uniform(0, 2 * read_s))
                     with transaction(factory) as session:
                         with lock:
                             if holders.get(claim.case_id) == actor.user_id:
@@ -284,20 +311,34 @@ def main() -> int:
     parser.add_argument("--readers", type=int, default=50)
     parser.add_argument("--cases", type=int, default=500)
     parser.add_argument("--skip-postgresql", action="store_true")
+    parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--read-ms",
+        type=float,
+        default=0.0,
+        help="mean time a reader spends on a case between claim and completion, drawn "
+        "uniformly from 0 to twice this (default 0: every reader claims again at once, the "
+        "database saturated)",
+    )
     args = parser.parse_args()
+    read_s = args.read_ms / 1000
 
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'telehealth.db'}"
-        runs.append(_drain(url, "sqlite", args.readers, args.cases))
+    if not args.skip_sqlite:
+        with tempfile.TemporaryDirectory(prefix="bench-queue-") as tmp:
+            url = f"sqlite:///{Path(tmp) / 'telehealth.db'}"
+            runs.append(_drain(url, "sqlite", args.readers, args.cases, read_s))
     if not args.skip_postgresql:
         schema, url = _postgres_schema()
         try:
-            runs.append(_drain(url, "postgresql", args.readers, args.cases))
+            runs.append(_drain(url, "postgresql", args.readers, args.cases, read_s))
         finally:
             _drop_schema(schema)
 
-    print(f"{args.readers} readers x {args.cases} queued cases (every 5th claim released unread)")
+    print(
+        f"{args.readers} readers x {args.cases} queued cases (every 5th claim released unread), "
+        f"{args.read_ms:g} ms reading each"
+    )
     header = f"{'database':<12}{'claims':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
     print(header + f"{'max ms':>9}{'wall s':>8}{'cases/s':>9}{'double':>8}{'unread':>8}")
     for r in runs:
@@ -321,7 +362,7 @@ def main() -> int:
         f"postgresql_claim_p50_ms={figure('postgresql', 0.5)} "
         f"postgresql_claim_p99_ms={figure('postgresql', 0.99)} "
         f"double_claims={sum(r.double_claims for r in runs)} "
-        f"unread_cases={sum(r.unread for r in runs)}"
+        f"unread_cases={sum(r.unread for r in runs)} read_ms={args.read_ms:g}"
     )
     return 1 if any(r.double_claims or r.unread or r.errors for r in runs) else 0
 

@@ -46,8 +46,11 @@ log = logging.getLogger(__name__)
 
 APPLICATION_CONTEXT_NAME = "1.2.840.10008.3.1.1.1"  # PS3.7 Annex A.2.1
 VERIFICATION = "1.2.840.10008.1.1"
-# A request proposing pynetdicom's limit of 128 contexts with a few syntaxes each is ~40 kB.
-MAX_REQUEST_BYTES = 256 * 1024
+# A request proposing pynetdicom's limit of 128 contexts with a few syntaxes each is ~15 kB.
+# A larger one goes to pynetdicom: peeking waits for the whole request to sit in the socket's
+# receive buffer, which must be able to hold it (Linux's default of 128 kB held 64 kB sent in
+# 1.4 kB segments here; half that leaves room for a slower network's overhead).
+MAX_REQUEST_BYTES = 32 * 1024
 # A command set is a few hundred bytes; a peer claiming more is not speaking DIMSE.
 MAX_COMMAND_BYTES = 64 * 1024
 # Buffers grow by at most this much ahead of the bytes that arrive, so a PDV that merely
@@ -198,11 +201,15 @@ def peek_request(sock: socket.socket, timeout: float) -> bytes | None:
     """The A-ASSOCIATE-RQ PDU waiting on `sock`, read without consuming it.
 
     Returns None when the first PDU is something else or too large (pynetdicom then reads it as
-    it always has). Raises TimeoutError or ConnectionError when nothing complete arrives (the
-    ARTIM timer of PS3.8 §9.1.5: the connection is closed).
+    it always has). Raises OSError when nothing complete arrives in time (the ARTIM timer of
+    PS3.8 §9.1.5: the connection is closed) or the peer closes.
     """
+    # Blocking, with a kernel timeout: MSG_WAITALL then waits for the whole request, however
+    # many segments it comes in; on a socket with a Python timeout (non-blocking underneath) a
+    # peek returns whatever has arrived so far.
     previous = sock.gettimeout()
-    sock.settimeout(timeout)
+    sock.settimeout(None)
+    _set_receive_timeout(sock, timeout)
     try:
         flags = socket.MSG_PEEK | socket.MSG_WAITALL
         header = sock.recv(6, flags)
@@ -216,7 +223,16 @@ def peek_request(sock: socket.socket, timeout: float) -> bytes | None:
             raise ConnectionError("closed inside an A-ASSOCIATE-RQ")
         return data
     finally:
+        _set_receive_timeout(sock, 0)
         sock.settimeout(previous)
+
+
+def _set_receive_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """SO_RCVTIMEO and SO_SNDTIMEO (0: none) on a blocking socket."""
+    whole = int(seconds or 0)
+    timeval = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 # --- file meta and commands ----------------------------------------------------------------
@@ -408,10 +424,7 @@ class FastAssociation:
         # A kernel timeout on a blocking socket: Python's own timeout polls before every recv,
         # doubling the system calls of a dataset read in many fragments.
         self.sock.settimeout(None)
-        whole = int(seconds or 0)
-        timeval = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+        _set_receive_timeout(self.sock, seconds)
 
     # --- association establishment (PS3.8 §7.1) ---------------------------------------------
 

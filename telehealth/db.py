@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import DateTime, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -45,31 +53,227 @@ def create_db_engine(url: str) -> Engine:
 
     SQLite cannot upgrade a read transaction to a write one when another connection wrote in
     between (SQLITE_BUSY_SNAPSHOT, not retried by busy_timeout). Beginning every transaction
-    IMMEDIATE avoids that: writers queue on busy_timeout instead of failing.
+    IMMEDIATE avoids that; and every transaction of a database file waits for its turn at the
+    lock in one queue (WriteTurns) rather than in SQLite's busy handler.
     """
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        on_file = bool(database) and database != ":memory:"
+        turns = WriteTurns.for_file(database) if on_file and database else None
+        # A connection to a file costs a few file descriptors. Threads short of one wait in
+        # the pool, where whoever returns one may take it straight back: enough for every
+        # thread keeps all waiting in WriteTurns' line. (In memory: one connection a thread.)
+        pool: dict[str, int] = {"pool_size": 50, "max_overflow": 50} if on_file else {}
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20
+            url,
+            connect_args={
+                "check_same_thread": False,
+                "timeout": BUSY_TIMEOUT_SECONDS,
+                "factory": TurnTakingConnection,
+            },
+            **pool,
         )
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            dbapi_conn.turns = turns
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode may lose the last commits on power loss, never corrupt: the
             # fsynced spool is the journal that rebuilds them (archive.recover_spool).
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            dbapi_conn: TurnTakingConnection = conn.connection.dbapi_connection
+            try:
+                dbapi_conn.take_turn()
+            except TimeoutError as exc:  # what SQLite itself answers after busy_timeout
+                locked = sqlite3.OperationalError("database is locked")
+                raise OperationalError("BEGIN IMMEDIATE", None, locked) from exc
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                dbapi_conn.end_turn()
+                raise
 
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+# SQLite's busy_timeout, and how long a transaction waits for its turn before failing as
+# SQLite would ("database is locked").
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+class WriteTurns:
+    """Transactions on one SQLite file take turns at its write lock, across the threads of a
+    process and the processes (DICOM node workers) that share it, and none waits for long.
+
+    Left to itself, a SQLite writer that finds the lock taken sleeps 1, 2, 5, 10 ... 100 ms
+    before trying again (its busy handler): the lock lies idle while sleepers sleep, and an
+    unlucky writer loses every race for seconds while others go in at once. Here waiting
+    threads stand in line and the first is woken as soon as the turn is free. A thread that
+    is running takes a free turn at once even with others in line (waking a thread costs a
+    trip through the scheduler, long on a busy machine), unless the first in line has waited
+    STARVING_AFTER: then each turn is handed to the first in line. A blocking flock on a file
+    beside the database queues the processes.
+    """
+
+    _by_file: ClassVar[weakref.WeakValueDictionary[str, WriteTurns]] = weakref.WeakValueDictionary()
+    _by_file_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, lock_path: Path) -> None:
+        self._lock_path = lock_path
+        self._mutex = threading.Lock()  # guards the fields below, held only for a moment
+        self._holder: int | None = None  # thread ident
+        self._line: collections.deque[_Waiter] = collections.deque()
+        self._pid = os.getpid()
+        self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @classmethod
+    def for_file(cls, database: str) -> WriteTurns:
+        """The one line of this process for a database file (engines on one file share it)."""
+        path = str(Path(database).resolve())
+        with cls._by_file_lock:
+            turns = cls._by_file.get(path)
+            if turns is None:
+                turns = cls._by_file[path] = cls(Path(f"{path}-turns.lock"))
+            return turns
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Wait for the turn. False (not taken) when this thread already holds it through
+        another connection: SQLite's own busy handling then decides, as it would have.
+        Raises TimeoutError after `timeout`."""
+        timeout = BUSY_TIMEOUT_SECONDS if timeout is None else timeout
+        me = threading.get_ident()
+        with self._mutex:
+            if self._holder == me:
+                return False
+            if self._holder is None and not self._starving():
+                self._holder = me
+                waiter = None
+            else:
+                waiter = _Waiter(me)
+                self._line.append(waiter)
+        if waiter is not None and not self._wait(waiter, time.monotonic() + timeout):
+            raise TimeoutError(f"no turn at the write lock in {timeout:g} s")
+        try:
+            self._lock_file()
+        except BaseException:
+            self.release()
+            raise
+        return True
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> bool:
+        while True:
+            woken = waiter.wake.acquire(timeout=max(deadline - time.monotonic(), 0))
+            with self._mutex:
+                if self._holder == waiter.ident:  # handed over, out of the line already
+                    return True
+                if self._holder is None:
+                    self._line.remove(waiter)
+                    self._holder = waiter.ident
+                    return True
+                if not woken:
+                    self._line.remove(waiter)
+                    return False
+                waiter.woken = False  # a running thread was quicker: keep our place, wait on
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        with self._mutex:
+            self._holder = None
+            if not self._line:
+                return
+            first = self._line[0]
+            if self._starving():
+                self._line.popleft()
+                self._holder = first.ident
+            if not first.woken:
+                first.woken = True
+                first.wake.release()
+
+    def _starving(self) -> bool:
+        return bool(self._line) and time.monotonic() - self._line[0].since > STARVING_AFTER
+
+    def _lock_file(self) -> None:
+        if self._pid != os.getpid():  # forked: the inherited fd shares its lock with the parent
+            self._pid = os.getpid()
+            self._fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            os.close(self._fd)
+
+
+# How long the first in line may wait before turns are handed to it rather than taken by
+# whichever thread runs; about the time of ten short transactions.
+STARVING_AFTER = 0.02
+
+
+class _Waiter:
+    __slots__ = ("ident", "since", "wake", "woken")
+
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        self.since = time.monotonic()
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released (once per wake-up) by WriteTurns.release
+        self.woken = False
+
+
+class TurnTakingConnection(sqlite3.Connection):
+    """A sqlite3 connection that holds its database's turn (WriteTurns) from BEGIN until the
+    transaction ends, whichever way it ends (commit, rollback, close)."""
+
+    turns: WriteTurns | None = None
+    _holds_turn = False
+
+    def take_turn(self) -> None:
+        if self.turns is not None and not self._holds_turn:
+            self._holds_turn = self.turns.acquire()
+
+    def end_turn(self) -> None:
+        if self._holds_turn:
+            self._holds_turn = False
+            assert self.turns is not None
+            self.turns.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            if self._transaction_over():  # a failed COMMIT leaves it open until the rollback
+                self.end_turn()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            if self._transaction_over():
+                self.end_turn()
+
+    def _transaction_over(self) -> bool:
+        try:
+            return not self.in_transaction
+        except sqlite3.ProgrammingError:  # closed
+            return True
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.end_turn()
+
+    def __del__(self) -> None:
+        self.end_turn()  # a connection dropped without close still lets the others go on
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,16 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from dicom_node import fast_store
-from telehealth.archive.service import parse_header
+from telehealth.archive.models import IngestSource
+from telehealth.archive.service import Origin, parse_header
 from telehealth.archive.service.header import _parse_with_pydicom, _scan
+from telehealth.archive.service.index import StoredCopy, index_instance
+from telehealth.clock import FakeClock
+from telehealth.config import DuplicatePolicy
 from telehealth.db import transaction
 from telehealth.hub import Hub
 from tests import faults
-from tests.conftest import dcmtk, dev_files
+from tests.conftest import dcmtk, dev_files, seed_consortium
 from tests.dicom_node.test_store import (
     CALLING_AE_NOT_RECOGNISED,
     CT,
@@ -120,8 +125,11 @@ class RawPeer:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, contexts: list[tuple[str, str]], max_pdu: int = 16384) -> int:
-        """Send an A-ASSOCIATE-RQ (context IDs 1, 3, 5, ...); return the answer's PDU type."""
+    def request(
+        self, contexts: list[tuple[str, str]], max_pdu: int = 16384, *, pieces: int = 1
+    ) -> int:
+        """Send an A-ASSOCIATE-RQ (context IDs 1, 3, 5, ...), in `pieces` TCP writes a moment
+        apart; return the answer's PDU type."""
         primitive = A_ASSOCIATE()
         primitive.application_context_name = "1.2.840.10008.3.1.1.1"
         primitive.calling_ae_title = self.calling
@@ -139,7 +147,11 @@ class RawPeer:
         primitive.presentation_context_definition_list = proposed
         pdu = A_ASSOCIATE_RQ()
         pdu.from_primitive(primitive)
-        self.sock.sendall(pdu.encode())
+        encoded = pdu.encode()
+        step = -(-len(encoded) // pieces)
+        for start in range(0, len(encoded), step):
+            self.sock.sendall(encoded[start : start + step])
+            time.sleep(0.05 if pieces > 1 else 0)
         return self.read_pdu()[0]
 
     def read_pdu(self) -> tuple[int, bytes]:
@@ -395,6 +407,15 @@ def test_fragments_bundled_and_split_any_way_are_reassembled(hub, consortium, tm
     assert_clean(hub)
 
 
+def test_a_request_arriving_in_pieces_is_waited_for(hub, consortium, fast_log):
+    # A modality on a real network sends a large A-ASSOCIATE-RQ in several segments.
+    contexts = [(CTImageStorage, ExplicitVRLittleEndian), (Verification, ExplicitVRLittleEndian)]
+    with raw_peer(hub) as peer:
+        assert peer.request(contexts, pieces=5) == 0x02  # A-ASSOCIATE-AC
+        assert peer.release() == 0x06
+    assert served_fast(fast_log) == 1
+
+
 def test_unknown_caller_is_rejected_with_the_same_answer_and_log_line(hub, consortium, fast_log):
     with associate(hub, "NOBODY", [(CTImageStorage, ExplicitVRLittleEndian)]) as assoc:
         assert assoc.is_rejected
@@ -519,3 +540,68 @@ def test_the_fast_path_can_be_turned_off(hub_factory, tmp_path, caplog):
     assert result.returncode == 0, result.stderr[-2000:]
     assert served_fast(caplog) == 0
     assert indexed_uids(hub) == [faults.sop_uid(CT.read_bytes())]
+
+
+# --- the ingest hot path ----------------------------------------------------------------------
+
+
+def raw_rows(hub: Hub, sql: str) -> list[dict[str, object]]:
+    """Rows as the database holds them (SQLite keeps datetimes as text, say)."""
+    with hub.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.exec_driver_sql(sql)]
+
+
+def test_known_series_rows_are_the_ones_sqlalchemy_writes(hub_factory):
+    """Archive.ingest indexes a new instance of a known series on the driver's cursor
+    (KnownSeriesIndex); the rows must be what index_instance's statements write."""
+    clock = FakeClock(datetime(2026, 3, 2, 8, 0, tzinfo=UTC))
+    hub = hub_factory(clock=clock)
+    with transaction(hub.factory) as session:
+        clinic = seed_consortium(session)["CLINIC_A"]
+    origin = Origin(IngestSource.DIMSE, clinic, ae_title="CLINIC_A_DR", address="127.0.0.1")
+    first, second, third = faults.make_series(3, patient_id="ROWS")
+    hub.archive.ingest(first, origin)  # a new series: index_instance's general path
+    clock.advance(seconds=1)
+    hub.archive.ingest(second, origin)  # a known series: the driver's cursor
+    after_fast = raw_rows(hub, "SELECT * FROM studies") + raw_rows(hub, "SELECT * FROM series")
+
+    clock.advance(seconds=1)
+    header = parse_header(third)
+    copy = StoredCopy("elsewhere.dcm", hashlib.sha256(third).hexdigest(), len(third))
+    with transaction(hub.factory) as session:
+        index_instance(
+            session, header, origin, copy, now=clock.now(), policy=DuplicatePolicy.REPLACE
+        )
+    after_core = raw_rows(hub, "SELECT * FROM studies") + raw_rows(hub, "SELECT * FROM series")
+
+    rows = {r["sop_instance_uid"]: r for r in raw_rows(hub, "SELECT * FROM instances")}
+    fast = rows[parse_header(second).sop_instance_uid]
+    core = rows[header.sop_instance_uid]
+    differ = {"id", "sop_instance_uid", "spool_name", "sha256", "object_key", "size_bytes"}
+    differ |= {"instance_number", "received_at"}
+    assert {k: v for k, v in fast.items() if k not in differ} == {
+        k: v for k, v in core.items() if k not in differ
+    }
+    assert type(fast["received_at"]) is type(core["received_at"])  # stored alike
+    assert fast["object_key"] == f"dicom/{fast['sop_instance_uid']}/{fast['sha256']}.dcm"
+    # Counters moved the same way: one more instance, its size, the time it came.
+    study_fast, series_fast = after_fast
+    study_core, series_core = after_core
+    assert series_core["num_instances"] == series_fast["num_instances"] + 1 == 3
+    assert study_core["num_instances"] == study_fast["num_instances"] + 1 == 3
+    assert study_core["size_bytes"] == study_fast["size_bytes"] + len(third)
+    assert type(study_fast["last_received_at"]) is type(study_core["last_received_at"])
+    assert study_fast["stable_at"] is None and study_core["stable_at"] is None
+
+
+def test_spool_spares_are_claimed_once_and_never_taken_for_instances(hub, consortium, tmp_path):
+    spool = hub.spool
+    spool.make_spares()
+    spares = sorted(p.name for p in spool.folder.iterdir() if p.name.endswith(".spare"))
+    assert len(spares) == spool.spares_wanted
+    assert list(spool.names()) == []  # spares are not instances (recovery, fsck skip them)
+    paths = small_series(tmp_path, 10, patient_id="SPARE")
+    result = faults.storescu(dcmtk("storescu"), hub.dicom_node.port, paths)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(indexed_uids(hub)) == 10
+    assert_clean(hub)

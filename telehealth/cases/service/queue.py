@@ -84,10 +84,11 @@ def _claim_of(case: Case, holder: str) -> Claim:
 
 def _try_claim(
     session: Session, case_id: int, user_id: int, now: datetime, until: datetime
-) -> bool:
+) -> Case | None:
     """The one statement that decides who holds a case: it matches only a free or lapsed
-    lease, so of two readers racing, the database lets exactly one change the row."""
-    result = session.execute(
+    lease, so of two readers racing, the database lets exactly one change the row. Returns
+    the case as the winner left it (RETURNING: no second look), or None."""
+    return session.scalars(
         update(Case)
         .where(
             Case.id == case_id,
@@ -106,15 +107,14 @@ def _try_claim(
             ),
             updated_at=now,
         )
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        .returning(Case)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    ).one_or_none()
 
 
 def _claimed(
     session: Session, actor: auth.Actor, case: Case, previous: int | None, ctx: CaseContext
 ) -> Claim:
-    session.refresh(case)
     now = ctx.now()
     detail: dict[str, object] = {
         "lease_token": case.lease_token,
@@ -143,8 +143,9 @@ def claim(session: Session, actor: auth.Actor, case_id: int, ctx: CaseContext) -
         raise FirstReader(f"you signed the first report of case {case_id}; another reader reads it")
     now = ctx.now()
     previous = case.claim_holder_id
-    if _try_claim(session, case_id, actor.user_id, now, now + ctx.config.lease):
-        return _claimed(session, actor, case, previous, ctx)
+    claimed = _try_claim(session, case_id, actor.user_id, now, now + ctx.config.lease)
+    if claimed is not None:
+        return _claimed(session, actor, claimed, previous, ctx)
     session.refresh(case)
     if case.claim_holder_id == actor.user_id:
         return renew(session, actor, case_id, None, ctx)
@@ -164,8 +165,9 @@ def claim_next(session: Session, actor: auth.Actor, ctx: CaseContext) -> Claim |
     now = ctx.now()
     clause = visible_cases(session, actor)
     for _ in range(20):
+        # Only the id and holder: the claim's RETURNING loads the case as it then is.
         query = (
-            select(Case)
+            select(Case.id, Case.claim_holder_id)
             .where(
                 Case.status.in_(CLAIMABLE_STATUSES),
                 Case.group_id.is_not(None),
@@ -178,12 +180,13 @@ def claim_next(session: Session, actor: auth.Actor, ctx: CaseContext) -> Claim |
         )
         if clause is not None:
             query = query.where(clause)
-        case = session.scalar(query)
-        if case is None:
+        row = session.execute(query).first()
+        if row is None:
             return None
-        previous = case.claim_holder_id
-        if _try_claim(session, case.id, actor.user_id, now, now + ctx.config.lease):
-            return _claimed(session, actor, case, previous, ctx)
+        case_id, previous = row
+        claimed = _try_claim(session, case_id, actor.user_id, now, now + ctx.config.lease)
+        if claimed is not None:
+            return _claimed(session, actor, claimed, previous, ctx)
     return None
 
 

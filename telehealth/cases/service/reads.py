@@ -28,6 +28,7 @@ from telehealth.cases.service.common import (
     visible_cases,
 )
 from telehealth.cases.service.live import Viewer
+from telehealth.cases.service.priors import prior_counts
 from telehealth.errors import NotFound
 from telehealth.institutions.models import Institution
 
@@ -61,6 +62,9 @@ class CaseRow:
     institution_name: str
     group_code: str | None
     claim_holder: str | None
+    patient_sex: str = ""
+    patient_birth_date: str = ""  # DICOM DA, may be empty
+    prior_studies: int = 0  # earlier studies of the patient the actor may open
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def _base(session: Session, actor: auth.Actor) -> Select:  # type: ignore[type-a
             Institution.name,
             ReadingGroup.code,
             _Holder.username,
+            Patient.sex,
+            Patient.birth_date,
         )
         .join(Study, Study.id == Case.study_pk)
         .join(Patient, Patient.id == Study.patient_pk)
@@ -125,8 +131,9 @@ def _filtered(query: Select, filters: CaseFilter, *, priority: bool = True) -> S
     return query
 
 
-def _row(values: tuple) -> CaseRow:  # type: ignore[type-arg]
-    case, uid, pid, name, date, description, modalities, icode, iname, gcode, holder = values
+def _row(values: tuple, priors: dict[int, int]) -> CaseRow:  # type: ignore[type-arg]
+    case, uid, pid, name, date, description, modalities, icode, iname, gcode, holder = values[:11]
+    sex, birth_date = values[11:]
     return CaseRow(
         case=case,
         study_instance_uid=uid,
@@ -140,6 +147,9 @@ def _row(values: tuple) -> CaseRow:  # type: ignore[type-arg]
         institution_name=iname,
         group_code=gcode,
         claim_holder=holder,
+        patient_sex=sex,
+        patient_birth_date=birth_date,
+        prior_studies=priors.get(case.study_pk, 0),
     )
 
 
@@ -162,7 +172,8 @@ def _page(
         select(counted.c.priority, func.count()).group_by(counted.c.priority)
     ):
         counts[CasePriority(priority)] = n
-    return CasePage(total=total, rows=[_row(tuple(r)) for r in rows], counts=counts)
+    priors = prior_counts(session, actor, (r[0].study_pk for r in rows))
+    return CasePage(total=total, rows=[_row(tuple(r), priors) for r in rows], counts=counts)
 
 
 def list_cases(
@@ -215,7 +226,7 @@ def read_case(session: Session, actor: auth.Actor, case_id: int) -> CaseRow:
     get_case(session, actor, case_id, action="case.read")
     row = session.execute(_base(session, actor).where(Case.id == case_id)).one()
     auth.audit(session, actor, "case.read", object_type="case", object_id=str(case_id))
-    return _row(tuple(row))
+    return _row(tuple(row), prior_counts(session, actor, [row[0].study_pk]))
 
 
 def case_history(session: Session, actor: auth.Actor, case_id: int) -> list[CaseEvent]:
