@@ -7,6 +7,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 debs=(dcmtk)                       # storescu/findscu/movescu/getscu: real DICOM peers in tests
 debs+=(chromium)                   # headless browser tests (Playwright drives /usr/bin/chromium)
+debs+=(fonts-wqy-zenhei)           # Chinese glyphs in the browser tests' screenshots
+debs+=(docker-compose)             # validates docker/compose.yaml in the tests
+debs+=(redis-server)               # events between hub processes (tests/deploy)
+debs+=(coturn)                     # turnserver: relay-only consult test with ephemeral credentials (tests/consults)
 [ "${WITH_BENCH:-0}" = 1 ] && debs+=(orthanc orthanc-dicomweb)   # the peer the benchmarks compare with
 missing=()
 for pkg in "${debs[@]}"; do
@@ -42,6 +46,7 @@ if command -v npm >/dev/null; then
     (cd viewer/ohif && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
     touch "$ohif_stamp"
   fi
+  bash scripts/build_webapp.sh   # the hub's own web app, served at /app/
 else
-  echo "npm not found: the OHIF viewer (/ohif/) and its browser test need it (apt-get install npm)" >&2
+  echo "npm not found: the web app (/app/), the OHIF viewer (/ohif/) and their browser tests need it (apt-get install npm)" >&2
 fi

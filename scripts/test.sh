@@ -11,6 +11,11 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null && command -v pg_ctlcluster 
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
 fi
 
+# Redis carries events between hub processes (tests/deploy); start it on loopback if it is not up.
+if ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && command -v redis-server >/dev/null; then
+  redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save "" --appendonly no || true
+fi
+
 .venv/bin/ruff check .
 # Two workers by default: much of a test's time is waiting on S3, fsync and DICOM peers, so
 # the suite runs in about half the time on two cores. A test file stays on one worker.

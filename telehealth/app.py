@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,9 +20,12 @@ from telehealth.errors import DomainError, wire_status
 from telehealth.hub import Hub
 from telehealth.institutions.api import router as institutions_router
 from telehealth.metrics.api import router as metrics_router
+from telehealth.monitoring.api import router as monitoring_router
 from telehealth.ohif import OhifDist, OhifDistUnusable, dist_folder
 from telehealth.ohif import router as ohif_router
 from telehealth.reports.api import router as reports_router
+from telehealth.webapp import DEFAULT_DIST as WEBAPP_DIST
+from telehealth.webapp import router as webapp_router
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,18 @@ def create_app(hub: Hub) -> FastAPI:
     app.include_router(reports_router)
     app.include_router(consults_router)
     app.include_router(metrics_router)
+    app.include_router(monitoring_router)
     _mount_ohif(app, hub)
+    _mount_webapp(app, hub.settings.web_dist or WEBAPP_DIST)
     return app
+
+
+def _mount_webapp(app: FastAPI, folder: Path) -> None:
+    """The web app at /app/ when it has been built; the API runs without it."""
+    if not (folder / "index.html").is_file():
+        log.warning("web app not served: no build at %s (scripts/build_webapp.sh)", folder)
+        return
+    app.include_router(webapp_router(folder))
 
 
 def _mount_ohif(app: FastAPI, hub: Hub) -> None:

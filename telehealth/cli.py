@@ -40,6 +40,8 @@ app.add_typer(user_app, name="user")
 routing_app = typer.Typer(help="Reading groups, routing rules, deadlines.", no_args_is_help=True)
 app.add_typer(ae_app, name="ae")
 app.add_typer(routing_app, name="routing")
+retention_app = typer.Typer(help="How long raw data is kept.", no_args_is_help=True)
+app.add_typer(retention_app, name="retention")
 console = Console()
 err = Console(stderr=True)
 
@@ -81,6 +83,9 @@ def serve(
     ae_title: Annotated[str | None, typer.Option(help="The hub's AE title")] = None,
     http_host: Annotated[str | None, typer.Option(help="HTTP bind address")] = None,
     dicom_host: Annotated[str | None, typer.Option(help="DICOM bind address")] = None,
+    dicom: Annotated[
+        bool, typer.Option(help="Run the DICOM node too (off: API only, nodes run apart)")
+    ] = True,
 ) -> None:
     """Run everything: HTTP API, DICOM node, uploads; embedded S3 and SQLite by default."""
     import uvicorn
@@ -102,7 +107,7 @@ def serve(
     workers: list[subprocess.Popen[bytes]] = []
     try:
         hub.open()
-        hub.start(signaling=True)
+        hub.start(dicom=dicom, signaling=True)
         workers = _start_dicom_workers(hub)
         config = uvicorn.Config(
             create_app(hub),
@@ -110,6 +115,10 @@ def serve(
             port=settings.http_port,
             log_level=settings.log_level.lower(),
             access_log=False,  # URLs carry patient IDs in filters; keep them out of logs
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            ssl_certfile=settings.http_tls_cert,
+            ssl_keyfile=settings.http_tls_key,
         )
         # uvicorn handles SIGTERM: it stops accepting, finishes requests, then re-raises the
         # signal to the handler that was there before. With Python's default handler that
@@ -157,6 +166,35 @@ def dicom_worker() -> None:
     try:
         hub.open(run_migrations=False)
         hub.start(background=False)
+        stop.wait()
+    finally:
+        hub.close()
+
+
+@app.command("dicom-node")
+def dicom_node_command(
+    data_dir: DataDir = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM port (default 11112)")] = None,
+    dicom_host: Annotated[str | None, typer.Option(help="DICOM bind address")] = None,
+    ae_title: Annotated[str | None, typer.Option(help="The hub's AE title")] = None,
+) -> None:
+    """Run a DICOM node without HTTP, beside `telehealth serve --no-dicom` processes.
+
+    It has its own spool (its data folder) and uploads it, so after a crash it uploads what
+    it had acknowledged when it starts again. Share the database, object store, secret key
+    and Redis (TELEHEALTH_REDIS_URL) with the other processes.
+    """
+    settings = _settings(data_dir, dicom_port=dicom_port, dicom_host=dicom_host, ae_title=ae_title)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    hub = Hub(settings)
+    try:
+        hub.open()
+        hub.start()
         stop.wait()
     finally:
         hub.close()
@@ -221,6 +259,100 @@ def fsck(
         console.print(f"[yellow]quarantined:[/yellow] {name} (unreadable, kept for inspection)")
     if not report.clean:
         raise typer.Exit(1)
+
+
+@app.command()
+def backup(
+    folder: Annotated[Path, typer.Argument(help="An empty or new folder for the backup")],
+    data_dir: DataDir = None,
+) -> None:
+    """Dump the database and list every object of the store (objects: S3 replication)."""
+    from telehealth.backup import backup as run_backup
+
+    settings = _settings(data_dir)
+    hub = Hub(settings).open(run_migrations=False)
+    try:
+        summary = run_backup(settings.resolved_database_url(), hub.engine, hub.store, folder)
+    except (FileExistsError, RuntimeError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        hub.close()
+    console.print(
+        f"backup={summary.folder} database={summary.database} "
+        f"revision={summary.schema_revision} objects={summary.objects} "
+        f"object_bytes={summary.object_bytes}"
+    )
+
+
+@app.command()
+def restore(
+    folder: Annotated[Path, typer.Argument(help="A folder made by `telehealth backup`")],
+    data_dir: DataDir = None,
+    force: Annotated[bool, typer.Option(help="Replace a database that already holds data")] = False,
+) -> None:
+    """Load a backup into the configured database (stop the hub first), migrate it, and
+    check the store still holds every object it lists; exit 1 when any is missing."""
+    from telehealth.backup import RestoreRefused, restore_database, verify_objects
+
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        revision = restore_database(folder, settings.resolved_database_url(), force=force)
+    except (RestoreRefused, RuntimeError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    hub = Hub(settings).open()  # migrates from the backup's revision to this version's
+    try:
+        summary = verify_objects(folder, hub.store)
+    finally:
+        hub.close()
+    console.print(
+        f"restored_revision={revision} objects_expected={summary.objects_expected} "
+        f"objects_missing={len(summary.objects_missing)}"
+    )
+    for key in summary.objects_missing[:50]:
+        err.print(f"[red]missing object:[/red] {key}", soft_wrap=True)
+    if not summary.complete:
+        raise typer.Exit(1)
+
+
+@retention_app.command("apply")
+def retention_apply(
+    data_dir: DataDir = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing")
+    ] = False,
+) -> None:
+    """Remove the objects the retention rules (TELEHEALTH_RETENTION_FILE) say have expired.
+
+    The hub runs this by itself every TELEHEALTH_RETENTION_CHECK_HOURS; this is for a look
+    (--dry-run) or a run now."""
+    from pydantic import ValidationError
+
+    from telehealth.retention import apply_policy, load_policy
+
+    settings = _settings(data_dir)
+    try:
+        policy = load_policy(settings.retention_file)
+    except (ValidationError, OSError) as exc:
+        err.print(f"[red]error:[/red] retention file {settings.retention_file}: {exc}")
+        raise typer.Exit(1) from exc
+    hub = Hub(settings).open()
+    try:
+        report = apply_policy(hub.factory, hub.store, policy, hub.clock.now(), dry_run=dry_run)
+    finally:
+        hub.close()
+    verb = "would purge" if dry_run else "purged"
+    for rule in policy.rules:
+        console.print(
+            f"{rule.name}: {verb} {report.instances[rule.name]} instances "
+            f"({report.bytes[rule.name]} bytes)"
+        )
+    console.print(f"audit events {'to remove' if dry_run else 'removed'}: "
+                  f"{report.audit_events_removed}")  # fmt: skip
+    if not policy.rules:
+        console.print("no retention rules: nothing is removed")
 
 
 @institution_app.command("add")

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8042
+    # HTTPS served by the hub itself; or terminate TLS at a proxy and list its address here:
+    # X-Forwarded-For/-Proto are believed only from these addresses (uvicorn's proxy headers).
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+    forwarded_allow_ips: str = "127.0.0.1"
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     ae_title: str = "TELEHEALTH"
@@ -87,6 +92,7 @@ class Settings(BaseSettings):
     # The OHIF viewer's build (npm @ohif/app dist/), served at /ohif/; by default the one that
     # `npm ci` in viewer/ohif installs. Without it the hub runs without /ohif/.
     ohif_dist: Path | None = None
+    web_dist: Path | None = None  # the web app's build (default: viewer/app/dist)
 
     # Reading cases. A claim is a lease the reader's client renews; an admin's assignment
     # gets a longer one because the reader may not be at the screen yet.
@@ -149,6 +155,23 @@ class Settings(BaseSettings):
     ice_turn_urls: list[str] = Field(default_factory=list)
     turn_secret: str | None = None
     turn_credential_seconds: int = 4 * 3600  # long enough for a consult, short if leaked
+
+    # Several hub and DICOM node processes on one database and object store (issue 8): events
+    # cross processes through Redis pub/sub on this channel (telehealth.cluster). Unset: one
+    # process, in-process events only.
+    redis_url: str | None = None  # e.g. redis://127.0.0.1:6379/0
+    redis_channel: str = "telehealth:events"
+
+    # Retention rules (telehealth/retention/schemas.py); unset: nothing is ever removed.
+    retention_file: Path | None = None
+    retention_check_hours: float = 24.0
+
+    # Prometheus: GET /metrics with `Authorization: Bearer <metrics_token>` (or an admin's
+    # login). A process without HTTP (dicom-node) serves its own on metrics_port, unprotected,
+    # so it binds to loopback unless told otherwise.
+    metrics_token: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     log_level: str = "INFO"
 

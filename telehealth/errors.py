@@ -14,6 +14,10 @@ class DomainError(Exception):
 class NotFound(DomainError): ...
 
 
+class Gone(NotFound):
+    """It existed and was removed on purpose (a retention rule): HTTP 410."""
+
+
 class Unauthenticated(DomainError): ...
 
 
@@ -45,6 +49,7 @@ class Overloaded(DomainError):
 WIRE: dict[type[DomainError], tuple[int, int]] = {
     DomainError: (500, 0x0110),  # Processing Failure
     NotFound: (404, 0x0112),  # No Such SOP Instance
+    Gone: (410, 0x0112),
     Unauthenticated: (401, 0x0124),  # Refused: Not Authorised
     Forbidden: (403, 0x0124),  # Refused: Not Authorised
     Conflict: (409, 0x0110),  # Processing Failure

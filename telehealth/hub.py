@@ -10,7 +10,9 @@ import json
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import start_http_server
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,19 +20,23 @@ from telehealth.archive.service import Archive, ReadCache, Spool
 from telehealth.auth import service as auth
 from telehealth.cases import service as cases
 from telehealth.clock import SYSTEM_CLOCK, Clock
+from telehealth.cluster import RedisRelay, SingletonJob, startup_lock
 from telehealth.config import Settings
 from telehealth.consults.service import ConsultConfig
 from telehealth.db import create_db_engine, make_session_factory, migrate, ping
 from telehealth.dicomweb.service import MetadataWarmer
 from telehealth.ecg.service.triage import TriageThresholds
 from telehealth.ecg.service.worker import EcgWorker
-from telehealth.events import EventBus, Topic
+from telehealth.events import EventBus, Scope, Topic
+from telehealth.monitoring.service import Instruments, registry_for
 from telehealth.reports import service as reports
+from telehealth.retention import apply_policy, load_policy
 from telehealth.storage import EmbeddedS3, ObjectStore, S3Endpoint
 
 if TYPE_CHECKING:
     from dicom_node.server import DicomNode
     from signaling.server import SignalingThread
+    from telehealth.consults.recorder import RecorderPool
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,19 @@ class Hub:
         self.dicom_node: DicomNode | None = None
         self.consults: ConsultConfig
         self.signaling: SignalingThread | None = None
+        self._recorders: RecorderPool | None = None  # consult recordings: recorder_pool()
+        # Several processes (TELEHEALTH_REDIS_URL): events relayed, sweeps run by one of them.
+        self.relay: RedisRelay | None = None
+        self.escalation_job: SingletonJob | None = None
+        self.retention_job: SingletonJob | None = None
+        # Read at open, so a bad retention file stops the start with a clear error.
+        self.retention_policy = load_policy(settings.retention_file)
         self.secret: str
         self.token_ttl = timedelta(minutes=settings.token_ttl_minutes)
+        # Prometheus: this process's counters plus gauges read at scrape time (/metrics).
+        self.instruments = Instruments()
+        self.metrics_registry = registry_for(self, self.instruments)
+        self._metrics_server: WSGIServer | None = None
 
     def open(self, *, run_migrations: bool = True) -> Hub:
         """Connect to (or start) everything the hub needs; no background work yet."""
@@ -65,7 +82,8 @@ class Hub:
         self.secret = settings.secret_key or auth.load_or_create_secret(settings.data_dir)
         self.engine = create_db_engine(settings.resolved_database_url())
         if run_migrations:
-            migrate(self.engine)
+            with startup_lock(self.engine):  # processes started together migrate once
+                migrate(self.engine)
         self.factory = make_session_factory(self.engine)
         self.store = ObjectStore(
             self._s3_endpoint(), settings.s3_bucket, timeout=settings.s3_timeout_seconds
@@ -84,6 +102,7 @@ class Hub:
             study_stable_seconds=settings.study_stable_seconds,
             read_cache=ReadCache(settings.read_cache_dir, max_bytes=settings.read_cache_bytes),
         )
+        self.archive.observe_ingest = self.instruments.observe_ingest
         self.metadata_warmer = MetadataWarmer(self.archive, self.factory, self.events)
         self.ecg_worker = EcgWorker(
             self.archive,
@@ -106,7 +125,8 @@ class Hub:
         self.cases = cases.CaseContext(
             clock=self.clock, bus=self.events, config=cases.CaseConfig.from_settings(settings)
         )
-        self.events.subscribe(cases.CASE_TOPIC, self.case_feed.deliver)
+        # Every process tells its own live connections about every process's case changes.
+        self.events.subscribe(cases.CASE_TOPIC, self.case_feed.deliver, scope=Scope.CLUSTER)
         self.events.subscribe(
             Topic.STUDY_STABLE, cases.stable_study_listener(self.factory, self.cases)
         )
@@ -117,7 +137,8 @@ class Hub:
             self.factory, self.cases, interval=settings.case_escalation_check_seconds
         )
         if seed:
-            cases.seed_on_first_start(self.factory, self.cases, settings.routing_file)
+            with startup_lock(self.engine):
+                cases.seed_on_first_start(self.factory, self.cases, settings.routing_file)
 
     def _s3_endpoint(self) -> S3Endpoint:
         settings = self.settings
@@ -159,12 +180,34 @@ class Hub:
         `signaling`: the consult signalling server too (`telehealth serve`; off in tests).
         A DICOM node worker process starts the node only (`background=False`): the main hub
         recovers the spool, uploads and watches for stable studies for all processes.
+        With TELEHEALTH_REDIS_URL, events reach the other processes of the cluster and the
+        escalation sweep runs in one of them at a time (telehealth.cluster).
         """
+        if self.settings.redis_url and self.relay is None:
+            self.relay = RedisRelay(
+                self.settings.redis_url, self.events, channel=self.settings.redis_channel
+            ).start()
         if background:
             self.archive.start()
             self.metadata_warmer.start()
             self.ecg_worker.start()
-            self.escalator.start()
+            if self.relay is not None:  # one process of the cluster sweeps at a time
+                self.escalation_job = SingletonJob(
+                    self.engine,
+                    "case-escalation",
+                    self.escalator.run_once,
+                    interval=self.settings.case_escalation_check_seconds,
+                ).start()
+            else:
+                self.escalator.start()
+            if self.retention_policy.rules or self.retention_policy.audit_keep_days:
+                # One process of the cluster at a time (a lock file on SQLite).
+                self.retention_job = SingletonJob(
+                    self.engine,
+                    "retention",
+                    self.apply_retention,
+                    interval=self.settings.retention_check_hours * 3600,
+                ).start()
         if dicom:
             from dicom_node.server import DicomNode
 
@@ -172,6 +215,13 @@ class Hub:
             self.dicom_node.start()
         if signaling:
             self._start_signaling()
+        if self.settings.metrics_port is not None and self._metrics_server is None:
+            # A process without HTTP (`telehealth dicom-node`) is scraped here instead.
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port,
+                addr=self.settings.metrics_host,
+                registry=self.metrics_registry,
+            )
 
     def _start_signaling(self) -> None:
         """The signalling server on its own port and loop (`telehealth serve`)."""
@@ -186,7 +236,27 @@ class Hub:
             url = f"ws://{self.settings.signaling_host}:{self.signaling.port}"
             self.consults = self.consults.with_signaling_url(url)
 
+    def apply_retention(self) -> None:
+        apply_policy(self.factory, self.store, self.retention_policy, self.clock.now())
+
+    def recorder_pool(self) -> RecorderPool:
+        """Consult recorders (aiortc, PyAV): loaded and started with the first recording."""
+        if self._recorders is None:
+            from telehealth.consults.recorder import RecorderPool
+
+            self._recorders = RecorderPool(
+                self.factory, self.store, self.settings.data_dir / "recordings", clock=self.clock
+            )
+        return self._recorders
+
     def close(self) -> None:
+        if self._recorders is not None:  # first: each running recording is stored
+            self._recorders.close()
+            self._recorders = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self.signaling is not None:
             self.signaling.stop()
             self.signaling = None
@@ -195,12 +265,21 @@ class Hub:
             self.dicom_node = None
         if hasattr(self, "escalator"):
             self.escalator.stop()
+        if self.retention_job is not None:
+            self.retention_job.stop()
+            self.retention_job = None
+        if self.escalation_job is not None:
+            self.escalation_job.stop()
+            self.escalation_job = None
         if hasattr(self, "ecg_worker"):
             self.ecg_worker.stop()
         if hasattr(self, "metadata_warmer"):
             self.metadata_warmer.stop()
         if hasattr(self, "archive"):
             self.archive.stop()
+        if self.relay is not None:  # after the workers: their last events still go out
+            self.relay.stop()
+            self.relay = None
         if hasattr(self, "engine"):
             self.engine.dispose()
         if self.embedded_s3 is not None:
@@ -212,7 +291,7 @@ class Hub:
         database = ping(self.engine)
         store = self.store.is_up()
         node = self.dicom_node
-        return {
+        answer: dict[str, object] = {
             "status": "ok" if database and store else "degraded",
             "database": database,
             "object_store": store,
@@ -223,3 +302,6 @@ class Hub:
                 "port": node.port if node else None,
             },
         }
+        if self.relay is not None:
+            answer["cluster_events"] = self.relay.healthy
+        return answer

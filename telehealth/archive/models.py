@@ -72,6 +72,7 @@ class Series(Base):
 class StorageState(StrEnum):
     SPOOLED = "spooled"  # bytes are in the local spool, not yet confirmed in the object store
     STORED = "stored"  # bytes are in the object store, verified
+    PURGED = "purged"  # removed by a retention rule; the rows stay as the record
 
 
 class IngestSource(StrEnum):

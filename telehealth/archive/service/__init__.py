@@ -6,6 +6,7 @@ from telehealth.archive.service.archive import (
     IngestResult,
     InstanceLocation,
     InstanceNotFound,
+    InstancePurged,
 )
 from telehealth.archive.service.fsck import FsckReport, fsck
 from telehealth.archive.service.header import (
@@ -54,6 +55,7 @@ __all__ = [
     "InstanceHeader",
     "InstanceLocation",
     "InstanceNotFound",
+    "InstancePurged",
     "MalformedInstance",
     "MissingIdentifier",
     "Origin",

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -34,7 +31,7 @@ from telehealth.archive.service.uploader import Uploader, UploadJob
 from telehealth.clock import Clock
 from telehealth.config import DuplicatePolicy
 from telehealth.db import DatabaseUnavailable, transaction
-from telehealth.errors import NotFound
+from telehealth.errors import Gone, NotFound
 from telehealth.events import EventBus, Topic
 from telehealth.storage import ObjectMissing, ObjectStore
 
@@ -43,6 +40,10 @@ log = logging.getLogger(__name__)
 
 RECONCILE_EVERY_SECONDS = 60.0
 RECONCILE_MIN_AGE_SECONDS = 300.0
+
+
+class InstancePurged(Gone):
+    """A retention rule removed the instance's bytes; its rows remain as the record."""
 
 
 class InstanceNotFound(NotFound):
@@ -107,9 +108,10 @@ class Archive:
         # Spool writes of concurrent ingests (one per association at a time); threads are
         # created on demand.
         self._writer = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="spool")
-        self._index_turn = _IndexTurns.for_database(factory)
         self._engine: Engine = factory.kw["bind"]
+        self._sync_before_index = self._engine.dialect.name == "sqlite"
         self._known_series = KnownSeriesIndex(self._engine)
+        self.observe_ingest: Callable[[str, str, float, int], None] = _ignore
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -137,24 +139,46 @@ class Archive:
         Returns only once the bytes are on disk and indexed, so the caller may answer
         Success. Raises MalformedInstance/MissingIdentifier (Invalid), SpoolFull/
         DatabaseUnavailable (Overloaded), StudyOwnedElsewhere, DuplicateRejected; on any
-        error nothing is left behind.
+        error nothing is left behind. Each call is told to `observe_ingest` (the hub's
+        Prometheus counters): source, outcome ("failed" on an error), seconds, bytes.
         """
+        started = time.perf_counter()
+        try:
+            result = self._keep(data, origin)
+        except BaseException:
+            self.observe_ingest(origin.source, "failed", time.perf_counter() - started, 0)
+            raise
+        self.observe_ingest(origin.source, result.outcome, time.perf_counter() - started, len(data))
+        return result
+
+    def _keep(self, data: bytes | bytearray, origin: Origin) -> IngestResult:
         self.spool.mark_activity()  # uploads in every process step aside (Uploader)
+        # Hashing releases the GIL: on another thread it costs the modality nothing.
+        hashing = self._writer.submit(_sha256, data)
         header = parse_header(data)
-        # The spool file's sync (fsync, which releases the GIL) runs on another thread while
-        # we hash and index; the index transaction commits only after it, so Success still
-        # means "on disk and indexed", and a failed sync rolls the index back.
         name = self.spool.new_name(origin.institution_id)
         fd = self.spool.start_write(data, name)
-        try:
-            writing = self._writer.submit(self.spool.sync, fd, name)
-        except BaseException:  # shutting down
-            os.close(fd)
-            self.spool.remove(name)
-            raise
+        # The index transaction commits only after the spool file is synced, so Success means
+        # "on disk and indexed", and a failed sync leaves no row. On SQLite the sync comes
+        # first, here: the transaction holds the one write lock (its turn, telehealth.db) from
+        # BEGIN, and holding it across a sync (~1-3 ms) stalls every other writer. On PostgreSQL,
+        # which locks rows and costs a round trip per statement, the sync runs on another
+        # thread while the statements go out.
+        writing: futures.Future[None]
+        if self._sync_before_index:
+            writing = futures.Future()
+            self.spool.sync(fd, name)  # raises SpoolUnavailable, the file removed
+            writing.set_result(None)
+        else:
+            try:
+                writing = self._writer.submit(self.spool.sync, fd, name)
+            except BaseException:  # shutting down
+                os.close(fd)
+                self.spool.remove(name)
+                raise
         committing: list[bool] = []
         try:
-            copy = StoredCopy(name, hashlib.sha256(data).hexdigest(), len(data))
+            copy = StoredCopy(name, hashing.result(), len(data))
             outcome, key = self._index(
                 header, origin, copy, synced=writing.result, committing=committing
             )
@@ -206,21 +230,20 @@ class Archive:
         # then hits a unique constraint and simply tries again, finding the other's rows.
         for attempt in range(3):
             try:
-                with self._index_turn(synced):
-                    key = self._index_in_known_series(header, origin, copy, synced, committing)
-                    if key is not None:
-                        return IndexOutcome.NEW, key
-                    with transaction(self.factory) as session:
-                        outcome, key = index_instance(
-                            session,
-                            header,
-                            origin,
-                            copy,
-                            now=self.clock.now(),
-                            policy=self.duplicate_policy,
-                        )
-                        synced()  # raises the spool write's error: the transaction rolls back
-                        committing.append(True)  # leaving the block commits
+                key = self._index_in_known_series(header, origin, copy, synced, committing)
+                if key is not None:
+                    return IndexOutcome.NEW, key
+                with transaction(self.factory) as session:
+                    outcome, key = index_instance(
+                        session,
+                        header,
+                        origin,
+                        copy,
+                        now=self.clock.now(),
+                        policy=self.duplicate_policy,
+                    )
+                    synced()  # raises the spool write's error: the transaction rolls back
+                    committing.append(True)  # leaving the block commits
                 return outcome, key
             except IntegrityError:
                 if attempt == 2:
@@ -271,6 +294,8 @@ class Archive:
         the file or a replace changed the object since the lookup.
         Raises InstanceNotFound, StoreUnavailable.
         """
+        if location.state == StorageState.PURGED:
+            raise InstancePurged(f"instance {location.sop_instance_uid} was removed by retention")
         try:
             if location.state == StorageState.SPOOLED and location.spool_name:
                 return self.spool.read(location.spool_name)
@@ -293,6 +318,8 @@ class Archive:
             if row is None:
                 raise InstanceNotFound(f"no instance {sop_instance_uid}")
             state, spool_name, key = row
+            if state == StorageState.PURGED:
+                raise InstancePurged(f"instance {sop_instance_uid} was removed by retention")
             if state == StorageState.SPOOLED and spool_name:
                 try:
                     return self.spool.read(spool_name)
@@ -356,55 +383,9 @@ class Archive:
                     log.exception("spool reconciliation failed; will try again")
 
 
-class _IndexTurns:
-    """Ingests take turns at SQLite's single write lock, across threads and DICOM node worker
-    processes, and the next one goes in as soon as the last commits.
+def _ignore(source: str, outcome: str, seconds: float, size: int) -> None:
+    """No one counts ingests (tests and tools that build an Archive alone)."""
 
-    Left to itself, a SQLite writer that finds the lock taken sleeps 1, 2, 5, 10... ms before
-    trying again (its busy handler); with a few associations storing at once, those sleeps set
-    the pace. A blocking flock on a file beside the database queues them instead. PostgreSQL
-    locks rows, so there ingests need no turns.
-    """
 
-    def __init__(self, *, queue: bool, lock_path: Path | None = None) -> None:
-        self._queue = queue
-        self._thread_lock = threading.Lock()
-        self._fd: int | None = None
-        if lock_path is not None:
-            self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-
-    @classmethod
-    def for_database(cls, factory: sessionmaker[Session]) -> _IndexTurns:
-        url = getattr(factory.kw.get("bind"), "url", None)
-        if url is None or url.get_backend_name() != "sqlite":
-            return cls(queue=False)
-        database = url.database
-        if not database or database == ":memory:":
-            return cls(queue=True)
-        return cls(queue=True, lock_path=Path(f"{database}-ingest.lock"))
-
-    @contextlib.contextmanager
-    def __call__(self, ready: Callable[[], object]) -> Iterator[None]:
-        """Hold the turn. An ingest that finds another writing first waits for `ready()` (its
-        own spool write): a turn is then held only for the statements, not for a sync; alone,
-        it goes straight in and its statements overlap its sync."""
-        if not self._queue:
-            yield
-            return
-        if not self._thread_lock.acquire(blocking=False):
-            ready()
-            self._thread_lock.acquire()
-        try:  # threads share one fd, and flock does not tell them apart: the lock above does
-            if self._fd is not None:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:  # a DICOM node worker process is writing
-                    ready()
-                    fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if self._fd is not None:
-                    fcntl.flock(self._fd, fcntl.LOCK_UN)
-        finally:
-            self._thread_lock.release()
+def _sha256(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -21,6 +21,7 @@ class FsckReport:
     spooled: int = 0
     stored: int = 0
     superseded: int = 0
+    purged: int = 0  # removed by retention rules
     problems: list[str] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # unreadable files kept for a person
 
@@ -66,6 +67,9 @@ def fsck(session: Session, spool: Spool, store: ObjectStore, *, deep: bool = Fal
     report.instances = len(rows)
     report.superseded = len(superseded)
     for uid, state, spool_name, key, size, sha256 in rows + superseded:
+        if state == StorageState.PURGED:  # retention removed its object; the row is the record
+            report.purged += 1
+            continue
         referenced_keys.add(key)
         if state == StorageState.SPOOLED:
             report.spooled += 1
