@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -159,27 +159,22 @@ def _in_chunks(pieces: Iterable[bytes], size: int = _CHUNK_BYTES) -> Iterator[by
         yield b"".join(pending)
 
 
-def _multipart(hub: HubDep, refs: list[InstanceRef], boundary: str) -> Iterator[bytes]:
+async def _logged(pieces: AsyncIterator[bytes], count: int) -> AsyncIterator[bytes]:
     try:
-        for _, data in service.read_each(hub.archive, refs):
-            yield (
-                f"--{boundary}\r\nContent-Type: application/dicom\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n"
-            ).encode()
-            yield data
-            yield b"\r\n"
+        async for piece in pieces:
+            yield piece
     except Exception:
         # The status line is long gone; cutting the stream is the only way left to say so.
-        log.exception("WADO-RS stream of %d instances failed part-way", len(refs))
+        log.exception("WADO-RS stream of %d instances failed part-way", count)
         raise
-    yield f"--{boundary}--\r\n".encode()
 
 
 def _retrieve(hub: HubDep, refs: list[InstanceRef]) -> Response:
-    boundary = uuid.uuid4().hex
-    media_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    body = service.multipart_retrieve(hub.archive, refs, uuid.uuid4().hex)
+    media_type = f'multipart/related; type="application/dicom"; boundary={body.boundary}'
+    headers = {**_NO_GZIP, "Content-Length": str(body.length)}
     return StreamingResponse(
-        _in_chunks(_multipart(hub, refs, boundary)), media_type=media_type, headers=_NO_GZIP
+        _logged(body.pieces, len(refs)), media_type=media_type, headers=headers
     )
 
 

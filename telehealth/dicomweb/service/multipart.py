@@ -1,7 +1,8 @@
-"""multipart/related bodies parsed as they arrive (RFC 2046 §5.1.1, RFC 2387).
+"""multipart/related bodies parsed as they arrive, and framed to send (RFC 2046, RFC 2387).
 
 A push parser: feed it chunks of any size, get part starts (with headers), data pieces and
-part ends back, holding only what a delimiter split across two chunks needs.
+part ends back, holding only what a delimiter split across two chunks needs. The writer side
+gives the framing around each part, so a sender can pass the parts' bytes on untouched.
 """
 
 from __future__ import annotations
@@ -208,6 +209,21 @@ class MultipartReader:
         self._last_header = name.strip().lower()
         self._headers[self._last_header] = value.strip()
         return True
+
+
+def part_head(boundary: str, content_type: str, length: int, *, first: bool) -> bytes:
+    """What goes before a part's data: the line break ending the previous part (the CRLF
+    before a delimiter belongs to the delimiter), the delimiter, and the part's headers."""
+    lead = "" if first else "\r\n"
+    return (
+        f"{lead}--{boundary}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode("ascii")
+
+
+def close_delimiter(boundary: str, *, after_part: bool) -> bytes:
+    """The close delimiter that ends the body, after the last part (if any)."""
+    lead = "\r\n" if after_part else ""
+    return f"{lead}--{boundary}--\r\n".encode("ascii")
 
 
 def _data_end(buf: bytearray, i: int) -> int:
