@@ -9,6 +9,15 @@ Mesh negotiation: whoever enters the room (host on welcome, a guest on admitted)
 offer to every peer already in it; those answer. aiortc puts all its candidates in the SDP;
 browsers trickle them with `candidate` ({candidate, sdpMid, sdpMLineIndex} as in W3C
 RTCIceCandidateInit, or null at the end).
+
+Recording consent (added to v1 without breaking it: old clients ignore the new server
+message, and `welcome` says whether the server knows it: "features": ["recording-consent"]).
+Client → server: consent {granted: bool}, allowed in the lobby too; kept per user while the
+room exists. Server → everyone in the room and the lobby: recording {on, recorder, consented,
+missing, reason}. A recorder (a join token with role "recorder", minted by the hub) is let in
+only while everyone inside has consented (else closed with CONSENT_MISSING); the moment that
+stops being true (a revocation, someone admitted without consent) it is closed with
+CONSENT_REVOKED, and it stops when the last person leaves.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ class CloseCode(IntEnum):
     JOIN_TIMEOUT = 4008  # no join message in time
     REPLACED = 4009  # the same user joined again from another socket
     BAD_PATH = 4010  # not /rooms/<consult id>
+    CONSENT_MISSING = 4011  # a recorder, while not everyone inside has consented
+    CONSENT_REVOKED = 4012  # to the recorder: someone inside no longer consents
+    NOBODY_LEFT = 4013  # to the recorder: the last person left the room
     GOING_AWAY = 1001  # the server shuts down
     TOO_BIG = 1009  # RFC 6455: message too big (websockets closes with it)
 
@@ -52,12 +64,17 @@ class MessageType(StrEnum):
     REMOVE = "remove"
     VIEWER_SYNC = "viewer-sync"
     PING = "ping"
+    CONSENT = "consent"
     # Server → client only.
     PONG = "pong"
     WELCOME = "welcome"
     LOBBY = "lobby"
     ADMITTED = "admitted"
     ERROR = "error"
+    RECORDING = "recording"
+
+
+FEATURES = ("recording-consent",)  # additions to v1 this server understands
 
 
 _STR, _BOOL, _OBJ = (str,), (bool,), (dict,)
@@ -78,6 +95,7 @@ _FIELDS: dict[MessageType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MessageType.REMOVE: {"peer": (_STR, True)},
     MessageType.VIEWER_SYNC: {"state": (_OBJ, True)},
     MessageType.PING: {"id": ((str, int), False)},
+    MessageType.CONSENT: {"granted": (_BOOL, True)},
 }
 
 

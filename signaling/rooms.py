@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 
 from telehealth.consults.tokens import ConsultRole, JoinClaims
+
+if TYPE_CHECKING:
+    from signaling.backplane import RemoteConn
 
 
 class TokenBucket:
@@ -34,7 +37,7 @@ class TokenBucket:
 class Participant:
     peer: str  # one per socket: a user who rejoins gets a new one
     claims: JoinClaims
-    conn: ServerConnection
+    conn: ServerConnection | RemoteConn  # RemoteConn: the socket is in another process
     admitted: bool = False
     audio: bool = True
     video: bool = True
@@ -43,6 +46,10 @@ class Participant:
     @property
     def is_host(self) -> bool:
         return self.claims.role == ConsultRole.HOST
+
+    @property
+    def is_recorder(self) -> bool:
+        return self.claims.role == ConsultRole.RECORDER
 
     def info(self) -> dict[str, Any]:
         return {
@@ -64,10 +71,42 @@ class Room:
     # removed user cannot come back with a token that has not expired yet.
     admitted_users: set[int] = field(default_factory=set)
     removed_users: set[int] = field(default_factory=set)
+    # Consent to recording, per user: survives a dropped socket, revoked only by the user.
+    consented_users: set[int] = field(default_factory=set)
     emptied_at: float | None = None
 
     def by_user(self, user_id: int) -> Participant | None:
-        return next((p for p in self.participants.values() if p.claims.user_id == user_id), None)
+        return next(
+            (
+                p
+                for p in self.participants.values()
+                if p.claims.user_id == user_id and not p.is_recorder
+            ),
+            None,
+        )
+
+    def recorder(self) -> Participant | None:
+        return next((p for p in self.participants.values() if p.is_recorder), None)
+
+    def people_inside(self) -> list[Participant]:
+        """Admitted humans: the ones whose consent recording needs."""
+        return [p for p in self.inside() if not p.is_recorder]
+
+    def without_consent(self) -> list[Participant]:
+        return [p for p in self.people_inside() if p.claims.user_id not in self.consented_users]
+
+    def recording_state(self, reason: str = "") -> dict[str, Any]:
+        recorder = self.recorder()
+        people = self.people_inside()
+        return {
+            "on": recorder is not None,
+            "recorder": recorder.peer if recorder else None,
+            "consented": sorted(
+                p.claims.user_id for p in people if p.claims.user_id in self.consented_users
+            ),
+            "missing": sorted(p.claims.user_id for p in self.without_consent()),
+            "reason": reason,
+        }
 
     def host(self) -> Participant | None:
         return next((p for p in self.participants.values() if p.is_host), None)
@@ -79,4 +118,5 @@ class Room:
         return [p for p in self.participants.values() if not p.admitted]
 
     def guests(self) -> int:
-        return sum(not p.is_host for p in self.participants.values())
+        # The recorder takes no seat: recording must not lock a participant out.
+        return sum(not (p.is_host or p.is_recorder) for p in self.participants.values())

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from telehealth.consults.models import ConsultStatus, Referral
+from telehealth.consults.models import ConsultStatus, RecordingStatus, Referral
 from telehealth.consults.tokens import ConsultRole
 
 _STRICT = ConfigDict(extra="forbid")
@@ -88,3 +88,33 @@ class JoinOut(BaseModel):
     role: ConsultRole
     signaling_url: str
     ice_servers: list[IceServerOut]
+
+
+class ChatIn(BaseModel):
+    model_config = _STRICT
+
+    text: str = Field(min_length=1, max_length=4_000)
+
+
+class ChatOut(BaseModel):
+    id: int
+    username: str
+    display_name: str
+    text: str
+    created_at: datetime
+
+
+class RecordingOut(BaseModel):
+    """A consented recording: WebM (VP8/Opus) in the object store once `stored`."""
+
+    id: int
+    consult_id: int
+    status: RecordingStatus
+    started_by: str
+    consented: list[str]  # usernames of everyone inside when it started
+    sha256: str | None
+    size_bytes: int | None
+    duration_seconds: float | None
+    stop_reason: str
+    started_at: datetime
+    ended_at: datetime | None

@@ -22,7 +22,13 @@ from telehealth.cases import service as cases
 from telehealth.cases.models import Case, CaseEventKind, CaseStatus
 from telehealth.cases.service.common import record
 from telehealth.clock import SYSTEM_CLOCK, Clock, as_utc
-from telehealth.consults.models import Consult, ConsultParticipant, ConsultStatus, Referral
+from telehealth.consults.models import (
+    Consult,
+    ConsultMessage,
+    ConsultParticipant,
+    ConsultStatus,
+    Referral,
+)
 from telehealth.consults.tokens import (
     ConsultRole,
     derive_join_key,
@@ -507,6 +513,90 @@ def list_upcoming(
     found = [view(session, c) for c in session.scalars(query)]
     auth.audit(session, actor, "consult.list", object_type="consult", detail=f"{len(found)} rows")
     return found
+
+
+def list_past(
+    session: Session, actor: auth.Actor, *, clock: Clock = SYSTEM_CLOCK, limit: int = 100
+) -> list[ConsultView]:
+    """The actor's closed consults and those whose time is long gone, latest first."""
+    query = (
+        select(Consult)
+        .where(
+            (Consult.status != ConsultStatus.SCHEDULED)
+            | (Consult.scheduled_at < clock.now() - RUNNING_GRACE)
+        )
+        .order_by(Consult.scheduled_at.desc(), Consult.id.desc())
+        .limit(limit)
+    )
+    if actor.role != Role.ADMIN:
+        query = query.where(Consult.id.in_(_consults_of(actor)))
+    found = [view(session, c) for c in session.scalars(query)]
+    auth.audit(
+        session, actor, "consult.list_past", object_type="consult", detail=f"{len(found)} rows"
+    )
+    return found
+
+
+# --- chat -------------------------------------------------------------------------------------
+
+
+MAX_CHAT_CHARS = 4000  # as the signalling protocol relays
+
+
+@dataclass(frozen=True)
+class ChatLine:
+    id: int
+    username: str
+    display_name: str
+    text: str
+    created_at: datetime
+
+
+def post_message(
+    session: Session,
+    actor: auth.Actor,
+    consult_id: int,
+    text: str,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+) -> ChatLine:
+    """Keep one chat line of a participant with the consult (the room relays it live).
+
+    Raises ConsultNotFound, NotHost (an admin who is no participant), ConsultClosed,
+    InvalidConsult (empty).
+    """
+    consult = get_consult(session, actor, consult_id, action="consult.chat")
+    if _participant_role(session, consult, actor.user_id) is None or actor.user_id is None:
+        raise NotHost("only participants chat in a consult")
+    _open(consult)
+    if not text.strip():
+        raise InvalidConsult("an empty chat message")
+    line = ConsultMessage(
+        consult_id=consult.id, user_id=actor.user_id, text=text, created_at=clock.now()
+    )
+    session.add(line)
+    session.flush()
+    user = session.get(User, actor.user_id)
+    assert user is not None
+    return ChatLine(line.id, user.username, user.display_name, line.text, line.created_at)
+
+
+def list_messages(
+    session: Session, actor: auth.Actor, consult_id: int, *, limit: int = 1000
+) -> list[ChatLine]:
+    """The consult's chat, oldest first. Raises ConsultNotFound."""
+    consult = get_consult(session, actor, consult_id, action="consult.chat_read")
+    rows = session.execute(
+        select(ConsultMessage, User.username, User.display_name)
+        .join(User, User.id == ConsultMessage.user_id)
+        .where(ConsultMessage.consult_id == consult.id)
+        .order_by(ConsultMessage.id)
+        .limit(limit)
+    ).all()
+    auth.audit(
+        session, actor, "consult.chat_read", object_type="consult", object_id=str(consult.id)
+    )
+    return [ChatLine(m.id, name, display, m.text, m.created_at) for m, name, display in rows]
 
 
 # --- joining ----------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ _KEY_LABEL = b"telehealth/signaling/join-token/v1"
 class ConsultRole(StrEnum):
     HOST = "host"  # the specialist: admits and removes, drives the shared viewer
     GUEST = "guest"
+    # The hub's recording peer: needs no admission and no seat, and is let in only while
+    # everyone in the room consents (signaling/server.py). Never a consult participant.
+    RECORDER = "recorder"
 
 
 class JoinTokenError(Exception):
