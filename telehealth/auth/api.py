@@ -7,10 +7,22 @@ from sqlalchemy import select
 
 from telehealth.auth import service
 from telehealth.auth.models import AuditEvent, AuditOutcome, User
-from telehealth.auth.schemas import AuditEventOut, LoginIn, LoginOut, UserIn, UserOut
+from telehealth.auth.schemas import (
+    AuditEventOut,
+    LoginIn,
+    LoginOut,
+    MeOut,
+    PasswordResetIn,
+    UserIn,
+    UserOut,
+    UserUpdateIn,
+)
 from telehealth.deps import SESSION_COOKIE, CurrentActor, HubDep, SessionDep, client_address
+from telehealth.institutions.models import Institution
 
 router = APIRouter(prefix="/api", tags=["auth"])
+# A changed field's name → the request field holding its new value.
+_FIELD = {"role": "role", "institution": "institution_code", "active": "active"}
 
 
 @router.post("/auth/login")
@@ -57,8 +69,17 @@ def logout(actor: CurrentActor, session: SessionDep, hub: HubDep, response: Resp
 
 
 @router.get("/auth/me")
-def me(actor: CurrentActor, session: SessionDep) -> UserOut:
-    return UserOut.model_validate(session.get(User, actor.user_id))
+def me(actor: CurrentActor, session: SessionDep) -> MeOut:
+    user = session.get(User, actor.user_id)
+    assert user is not None
+    institution = session.get(Institution, user.institution_id)
+    assert institution is not None
+    return MeOut(
+        **UserOut.model_validate(user).model_dump(),
+        institution_code=institution.code,
+        institution_name=institution.name,
+        permissions=sorted(service.ROLE_PERMISSIONS[user.role]),
+    )
 
 
 @router.get("/users")
@@ -81,6 +102,40 @@ def create_user(body: UserIn, actor: CurrentActor, session: SessionDep, hub: Hub
     )
     service.audit(session, actor, "user.create", object_type="user", object_id=user.username)
     return UserOut.model_validate(user)
+
+
+@router.patch("/users/{user_id}")
+def update_user(
+    user_id: int, body: UserUpdateIn, actor: CurrentActor, session: SessionDep, hub: HubDep
+) -> UserOut:
+    """Change a user's display name, role, institution, or active flag (admins)."""
+    fields = body.model_dump(exclude_unset=True)
+    user, changed = service.update_user(session, actor, user_id, **fields, clock=hub.clock)
+    if changed:
+        service.audit(
+            session,
+            actor,
+            "user.update",
+            object_type="user",
+            object_id=user.username,
+            # New values, except the display name (free text; the current one is on the user).
+            detail=", ".join(
+                name if name == "display_name" else f"{name}={fields[_FIELD[name]]}"
+                for name in changed
+            ),
+        )
+    return UserOut.model_validate(user)
+
+
+@router.post("/users/{user_id}/password", status_code=204)
+def reset_password(
+    user_id: int, body: PasswordResetIn, actor: CurrentActor, session: SessionDep, hub: HubDep
+) -> None:
+    """Set a new password for a user (admins); the user's sessions end."""
+    user = service.reset_password(session, actor, user_id, body.password, clock=hub.clock)
+    service.audit(
+        session, actor, "user.password_reset", object_type="user", object_id=user.username
+    )
 
 
 @router.get("/audit")

@@ -22,6 +22,19 @@ class UserIn(BaseModel):
     display_name: str = ""
 
 
+class UserUpdateIn(BaseModel):
+    """Only the fields given change."""
+
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    role: Role | None = None
+    institution_code: str | None = Field(default=None, min_length=1, max_length=64)
+    active: bool | None = None
+
+
+class PasswordResetIn(BaseModel):
+    password: str = Field(min_length=8, max_length=1024)
+
+
 class UserOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -31,6 +44,14 @@ class UserOut(BaseModel):
     role: Role
     institution_id: int
     active: bool
+
+
+class MeOut(UserOut):
+    """Who is logged in, for the web app's header and menus."""
+
+    institution_code: str
+    institution_name: str
+    permissions: list[str]
 
 
 class LoginOut(BaseModel):

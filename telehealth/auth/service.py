@@ -186,6 +186,81 @@ def create_user(
     return user
 
 
+class CannotLockOut(Conflict):
+    """An admin may not deactivate or demote their own account: nobody would be left to undo it."""
+
+
+def get_user(session: Session, user_id: int) -> User:
+    """Raises UserNotFound."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise UserNotFound(f"no user {user_id}")
+    return user
+
+
+def update_user(
+    session: Session,
+    actor: Actor,
+    user_id: int,
+    *,
+    display_name: str | None = None,
+    role: Role | None = None,
+    institution_code: str | None = None,
+    active: bool | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> tuple[User, list[str]]:
+    """Change what is given; returns the user and the names of the fields that changed.
+
+    Deactivating voids the user's tokens at once (a stolen cookie dies with the account).
+    Raises NotPermitted, UserNotFound, InstitutionNotFound, CannotLockOut, Invalid.
+    """
+    require(actor, Permission.ADMINISTER)
+    user = get_user(session, user_id)
+    changed: list[str] = []
+    if display_name is not None:
+        name = display_name.strip()
+        if not name or len(name) > 200:
+            raise Invalid("display name must have 1 to 200 characters")
+        if name != user.display_name:
+            user.display_name = name
+            changed.append("display_name")
+    if role is not None and Role(role) != user.role:
+        if user.id == actor.user_id:
+            raise CannotLockOut("you may not change your own role")
+        user.role = Role(role)
+        changed.append("role")
+    if institution_code is not None:
+        institution = institutions.get_institution(session, institution_code)
+        if institution.id != user.institution_id:
+            user.institution_id = institution.id
+            changed.append("institution")
+    if active is not None and active != user.active:
+        if user.id == actor.user_id:
+            raise CannotLockOut("you may not deactivate your own account")
+        user.active = active
+        changed.append("active")
+    if {"active", "role", "institution"} & set(changed):
+        # What the old tokens' holder may do changed: make them log in again.
+        revoke_tokens(session, user, clock=clock)
+    session.flush()
+    return user, changed
+
+
+def reset_password(
+    session: Session, actor: Actor, user_id: int, password: str, *, clock: Clock = SYSTEM_CLOCK
+) -> User:
+    """Set a new password chosen by an admin; every token of the user is void afterwards.
+
+    Raises NotPermitted, UserNotFound, WeakPassword.
+    """
+    require(actor, Permission.ADMINISTER)
+    user = get_user(session, user_id)
+    user.password_hash = hash_password(password)
+    revoke_tokens(session, user, clock=clock)
+    session.flush()
+    return user
+
+
 def authenticate(session: Session, username: str, password: str) -> User:
     """Raises BadCredentials."""
     user = session.scalar(select(User).where(User.username == username))

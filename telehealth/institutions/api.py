@@ -12,6 +12,7 @@ from telehealth.institutions.schemas import (
     ApplicationEntityOut,
     InstitutionIn,
     InstitutionOut,
+    InstitutionUpdateIn,
 )
 
 router = APIRouter(prefix="/api", tags=["institutions"])
@@ -37,6 +38,27 @@ def add_institution(
         clock=hub.clock,
     )
     auth.audit(session, actor, "institution.create", object_type="institution", object_id=body.code)
+    return InstitutionOut.model_validate(institution)
+
+
+@router.put("/institutions/{institution_id}")
+def update_institution(
+    institution_id: int, body: InstitutionUpdateIn, actor: CurrentActor, session: SessionDep
+) -> InstitutionOut:
+    """Rename an institution or move it elsewhere in the tree (admins)."""
+    auth.require(actor, auth.Permission.ADMINISTER)
+    institution, changed = service.update_institution(
+        session, institution_id, name=body.name, level=body.level, parent_code=body.parent_code
+    )
+    if changed:
+        auth.audit(
+            session,
+            actor,
+            "institution.update",
+            object_type="institution",
+            object_id=institution.code,
+            detail=", ".join(changed),
+        )
     return InstitutionOut.model_validate(institution)
 
 
@@ -66,3 +88,36 @@ def add_application_entity(
     )
     auth.audit(session, actor, "ae.create", object_type="ae", object_id=entity.ae_title)
     return ApplicationEntityOut.model_validate(entity)
+
+
+@router.put("/application-entities/{entity_id}")
+def update_application_entity(
+    entity_id: int, body: ApplicationEntityIn, actor: CurrentActor, session: SessionDep
+) -> ApplicationEntityOut:
+    """Replace an AE title's registration: title, institution, host, port (admins)."""
+    auth.require(actor, auth.Permission.ADMINISTER)
+    before = service.get_application_entity(session, entity_id).ae_title
+    entity = service.update_application_entity(
+        session,
+        entity_id,
+        ae_title=body.ae_title,
+        institution_code=body.institution_code,
+        host=body.host,
+        port=body.port,
+        description=body.description,
+    )
+    detail = f"host={entity.host or '*'} port={entity.port or ''}"
+    if before != entity.ae_title:
+        detail = f"renamed from {before}; {detail}"
+    auth.audit(
+        session, actor, "ae.update", object_type="ae", object_id=entity.ae_title, detail=detail
+    )
+    return ApplicationEntityOut.model_validate(entity)
+
+
+@router.delete("/application-entities/{entity_id}", status_code=204)
+def delete_application_entity(entity_id: int, actor: CurrentActor, session: SessionDep) -> None:
+    """Forget an AE title; calls under it are refused from now on (admins)."""
+    auth.require(actor, auth.Permission.ADMINISTER)
+    entity = service.delete_application_entity(session, entity_id)
+    auth.audit(session, actor, "ae.delete", object_type="ae", object_id=entity.ae_title)

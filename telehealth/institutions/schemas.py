@@ -14,6 +14,14 @@ class InstitutionIn(BaseModel):
     parent_code: str | None = None
 
 
+class InstitutionUpdateIn(BaseModel):
+    """Rename or move; the code never changes (routing rules and AE titles name it)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    level: InstitutionLevel
+    parent_code: str | None = None
+
+
 class InstitutionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -71,6 +71,55 @@ def add_institution(
     return institution
 
 
+class InstitutionCycle(Invalid):
+    """A move would put an institution below itself."""
+
+
+class ApplicationEntityNotFound(NotFound): ...
+
+
+def get_institution_by_id(session: Session, institution_id: int) -> Institution:
+    institution = session.get(Institution, institution_id)
+    if institution is None:
+        raise InstitutionNotFound(f"no institution {institution_id}")
+    return institution
+
+
+def update_institution(
+    session: Session,
+    institution_id: int,
+    *,
+    name: str,
+    level: InstitutionLevel,
+    parent_code: str | None,
+) -> tuple[Institution, list[str]]:
+    """Rename an institution or move it under another; its code stays (rules and AE titles
+    name it). Returns the institution and the names of the fields that changed.
+
+    Raises InstitutionNotFound, InstitutionCycle, Invalid.
+    """
+    institution = get_institution_by_id(session, institution_id)
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise Invalid("institution name must have 1 to 200 characters")
+    parent = get_institution(session, parent_code) if parent_code else None
+    if parent is not None and parent.id in subtree_ids(session, institution.id):
+        raise InstitutionCycle(f"{institution.code} cannot move below itself")
+    changed = []
+    if name != institution.name:
+        institution.name = name
+        changed.append("name")
+    if InstitutionLevel(level) != institution.level:
+        institution.level = InstitutionLevel(level)
+        changed.append("level")
+    parent_id = parent.id if parent else None
+    if parent_id != institution.parent_id:
+        institution.parent_id = parent_id
+        changed.append("parent")
+    session.flush()
+    return institution, changed
+
+
 def subtree_ids(session: Session, institution_id: int) -> set[int]:
     """The institution and every institution below it in the consortium tree."""
     children: dict[int | None, list[int]] = {}
@@ -94,6 +143,19 @@ def normalise_ae_title(ae_title: str) -> str:
     return title
 
 
+class InvalidHost(Invalid): ...
+
+
+def normalise_host(host: str | None) -> str | None:
+    """The address calls under an AE title must come from; None accepts any address."""
+    host = (host or "").strip()
+    if not host:
+        return None
+    if len(host) > 255 or any(c.isspace() or ord(c) < 32 for c in host):
+        raise InvalidHost(f"invalid host {host!r}")
+    return host
+
+
 def add_application_entity(
     session: Session,
     *,
@@ -104,7 +166,7 @@ def add_application_entity(
     description: str = "",
     clock: Clock = SYSTEM_CLOCK,
 ) -> ApplicationEntity:
-    """Raises AeTitleExists, InvalidAeTitle, InstitutionNotFound."""
+    """Raises AeTitleExists, InvalidAeTitle, InvalidHost, InstitutionNotFound."""
     title = normalise_ae_title(ae_title)
     if session.scalar(select(ApplicationEntity.id).where(ApplicationEntity.ae_title == title)):
         raise AeTitleExists(f"AE title {title} is already registered")
@@ -112,12 +174,56 @@ def add_application_entity(
     entity = ApplicationEntity(
         ae_title=title,
         institution_id=institution.id,
-        host=host or None,
+        host=normalise_host(host),
         port=port,
         description=description,
         created_at=clock.now(),
     )
     session.add(entity)
+    session.flush()
+    return entity
+
+
+def get_application_entity(session: Session, entity_id: int) -> ApplicationEntity:
+    entity = session.get(ApplicationEntity, entity_id)
+    if entity is None:
+        raise ApplicationEntityNotFound(f"no AE title {entity_id}")
+    return entity
+
+
+def update_application_entity(
+    session: Session,
+    entity_id: int,
+    *,
+    ae_title: str,
+    institution_code: str,
+    host: str | None = None,
+    port: int | None = None,
+    description: str = "",
+) -> ApplicationEntity:
+    """Replace an AE title's registration. An empty host accepts the title from any address.
+
+    Raises ApplicationEntityNotFound, AeTitleExists, InvalidAeTitle, InvalidHost,
+    InstitutionNotFound.
+    """
+    entity = get_application_entity(session, entity_id)
+    title = normalise_ae_title(ae_title)
+    other = session.scalar(select(ApplicationEntity.id).where(ApplicationEntity.ae_title == title))
+    if other is not None and other != entity.id:
+        raise AeTitleExists(f"AE title {title} is already registered")
+    entity.ae_title = title
+    entity.institution_id = get_institution(session, institution_code).id
+    entity.host = normalise_host(host)
+    entity.port = port
+    entity.description = description
+    session.flush()
+    return entity
+
+
+def delete_application_entity(session: Session, entity_id: int) -> ApplicationEntity:
+    """Forget an AE title: its calls are refused from now on. Raises ApplicationEntityNotFound."""
+    entity = get_application_entity(session, entity_id)
+    session.delete(entity)
     session.flush()
     return entity
 

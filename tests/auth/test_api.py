@@ -31,6 +31,10 @@ PUBLIC = {
     ("GET", "/ohif"),
     ("GET", "/ohif/app-config.js"),
     ("GET", "/ohif/{rel:path}"),
+    # The web app's static files, likewise (its pages call /api with the login).
+    ("GET", "/"),
+    ("GET", "/app"),
+    ("GET", "/app/{rel:path}"),
 }
 # WebSocket routes authenticate in their own handshake; each has its own refusal test.
 WEBSOCKETS = {"/api/worklist/live"}
