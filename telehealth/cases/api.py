@@ -31,6 +31,7 @@ from telehealth.cases.schemas import (
     LeaseIn,
     LoadOut,
     NotificationOut,
+    PriorStudyOut,
     RuleIn,
     RuleOut,
 )
@@ -64,6 +65,9 @@ def _case_out(row: service.CaseRow, ctx: service.CaseContext) -> CaseOut:
         study_instance_uid=row.study_instance_uid,
         patient_id=row.patient_id,
         patient_name=row.patient_name,
+        patient_sex=row.patient_sex,
+        patient_birth_date=row.patient_birth_date,
+        prior_studies=row.prior_studies,
         study_date=row.study_date,
         study_description=row.study_description,
         modalities=row.modalities,
@@ -174,6 +178,12 @@ def cancel_case(
 @router.get("/cases/{case_id}/events")
 def case_history(case_id: int, actor: CurrentActor, session: SessionDep) -> list[CaseEventOut]:
     return [CaseEventOut.model_validate(e) for e in service.case_history(session, actor, case_id)]
+
+
+@router.get("/cases/{case_id}/priors")
+def prior_studies(case_id: int, actor: CurrentActor, session: SessionDep) -> list[PriorStudyOut]:
+    """Earlier studies of the case's patient that the user may open, newest first."""
+    return [PriorStudyOut.model_validate(p) for p in service.prior_studies(session, actor, case_id)]
 
 
 @router.post("/cases/{case_id}/claim")

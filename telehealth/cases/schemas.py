@@ -75,6 +75,11 @@ class CaseOut(BaseModel):
     study_instance_uid: str
     patient_id: str
     patient_name: str
+    patient_sex: str = ""
+    patient_birth_date: str = Field(default="", description="DICOM DA (YYYYMMDD) or empty")
+    prior_studies: int = Field(
+        default=0, description="earlier studies of the same patient the user may open"
+    )
     study_date: str
     study_description: str
     modalities: list[str]
@@ -93,6 +98,22 @@ class CaseOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None
+
+
+class PriorStudyOut(BaseModel):
+    """An earlier study of the case's patient (text fields are plain text)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    study_instance_uid: str
+    study_date: str
+    study_time: str
+    study_description: str
+    modalities: list[str]
+    num_series: int
+    num_instances: int
+    institution_name: str
+    case_id: int | None = Field(description="the user's case of that study, if any")
 
 
 class CaseList(BaseModel):

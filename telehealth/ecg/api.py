@@ -11,7 +11,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -106,16 +106,22 @@ def _locate(hub: Hub, actor: Actor, sop_uid: str, action: str) -> service.EcgIns
 @router.get("/{sop_uid}/samples", response_model=None)
 def samples(
     sop_uid: str,
+    request: Request,
     hub: HubDep,
     actor: ActorOutsideSession,
-    format: Annotated[str, Query(pattern="^(json|binary)$")] = "json",
+    format: Annotated[str, Query(pattern="^(json|binary|int16)$")] = "json",
 ) -> SamplesOut | Response:
     """The rhythm waveform in µV per lead, III/aVR/aVL/aVF derived when the cart sent 8.
 
-    `format=binary`: little-endian float32, lead after lead (num_samples values each), with
-    the lead names, derived leads, sampling rate and sample count in X-ECG-* headers.
+    `format=int16` (what the web viewer draws from): little-endian int16, lead after lead
+    (num_samples values each); µV = value × that lead's X-ECG-Scale entry. Encoded once per
+    instance version and kept; gzip-compressed when accepted; ETag for revalidation.
+    `format=binary`: little-endian float32 µV in the same order. Both describe themselves in
+    X-ECG-* headers (leads, derived leads, sampling rate, sample count).
     """
     instance = _locate(hub, actor, sop_uid, "ecg.samples")
+    if format == "int16":
+        return _int16_samples(hub, instance, request)
     record = service.load_record(hub.archive, instance).with_derived_leads()
     if format == "binary":
         body = np.stack([lead.microvolts() for lead in record.leads]).astype("<f4").tobytes()
@@ -143,6 +149,28 @@ def samples(
             for lead in record.leads
         ],
     )
+
+
+# Stored instances do not change in place (a replacement has another sha256, so another
+# ETag): the browser may keep the answer and only ask whether it still holds.
+_SAMPLES_CACHING = "private, no-cache"
+
+
+def _int16_samples(hub: Hub, instance: service.EcgInstance, request: Request) -> Response:
+    etag = service.samples_etag(instance.sha256)
+    cached = {"ETag": etag, "Cache-Control": _SAMPLES_CACHING, "Vary": "Accept-Encoding"}
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=cached)
+    encoded = service.SAMPLES_CACHE.get(instance.sha256)
+    if encoded is None:
+        record = service.load_record(hub.archive, instance)
+        encoded = service.SAMPLES_CACHE.remember(instance.sha256, record)
+    headers = {**encoded.headers, **cached}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        # Content-Encoding set here keeps the app's GZip middleware from compressing again.
+        headers["Content-Encoding"] = "gzip"
+        return Response(encoded.gzipped, media_type="application/octet-stream", headers=headers)
+    return Response(encoded.body, media_type="application/octet-stream", headers=headers)
 
 
 def _out(view: service.MeasurementView) -> MeasurementsOut:

@@ -70,6 +70,61 @@ class ReaderLoadOut(BaseModel):
     in_progress: int
 
 
+class ShareOut(BaseModel):
+    model_config = _FROM_SERVICE
+
+    due: int
+    met: int
+    rate: float | None
+
+
+class AcknowledgementOut(BaseModel):
+    """Critical results flagged, acknowledged, and minutes to acknowledgement."""
+
+    model_config = _FROM_SERVICE
+
+    flagged: int
+    acknowledged: int
+    rate: float | None
+    p50: float | None
+    p90: float | None
+
+
+class TurnOut(BaseModel):
+    """Minutes from request to signature, nearest-rank."""
+
+    model_config = _FROM_SERVICE
+
+    count: int
+    p50: float | None
+    p90: float | None
+
+
+class ClinicFiguresOut(BaseModel):
+    model_config = _FROM_SERVICE
+
+    institution_id: int
+    institution_code: str
+    institution_name: str
+    cases: int
+    signed: int
+    turnaround: TurnOut
+    compliance: ShareOut
+    critical: AcknowledgementOut
+
+
+class ReaderFiguresOut(BaseModel):
+    model_config = _FROM_SERVICE
+
+    user_id: int
+    username: str
+    display_name: str
+    signed: int
+    turnaround: TurnOut
+    compliance: ShareOut
+    critical: AcknowledgementOut
+
+
 class SummaryOut(BaseModel):
     model_config = _FROM_SERVICE
 
@@ -82,3 +137,5 @@ class SummaryOut(BaseModel):
     compliance: list[ComplianceOut]
     critical: CriticalOut
     readers: list[ReaderLoadOut]
+    by_clinic: list[ClinicFiguresOut]  # the cases each clinic requested in the period
+    by_reader: list[ReaderFiguresOut]  # reports signed, critical results flagged in the period

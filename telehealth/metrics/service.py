@@ -7,9 +7,8 @@ has no percentile function and the two databases subtract timestamps differently
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, func, or_, select, true
@@ -32,6 +31,8 @@ from telehealth.clock import as_utc
 from telehealth.errors import Invalid
 from telehealth.institutions import service as institutions
 from telehealth.institutions.models import Institution
+from telehealth.metrics import breakdown
+from telehealth.metrics.ranks import percentile
 from telehealth.reports.models import CriticalResult, CriticalStatus, Report, ReportStatus
 
 DEFAULT_PERIOD = timedelta(days=30)
@@ -118,15 +119,8 @@ class Summary:
     compliance: list[Compliance]
     critical: CriticalFigures
     readers: list[ReaderLoad]
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (the smallest value with at least q of the values at or below
-    it); None for no values. Exact and reproducible, unlike interpolation."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
+    by_clinic: list[breakdown.ClinicFigures] = field(default_factory=list)
+    by_reader: list[breakdown.ReaderFigures] = field(default_factory=list)
 
 
 def percentiles(minutes: Sequence[float]) -> Percentiles:
@@ -170,6 +164,14 @@ def summary(
         compliance=_compliance(session, scope, now),
         critical=_critical(session, when),
         readers=_readers(session, _institution_scope(session, when), when, now),
+        by_clinic=breakdown.by_clinic(session, scope, _critical_scope(session, when), now),
+        by_reader=breakdown.by_reader(
+            session,
+            _institution_scope(session, when),
+            _critical_scope(session, when),
+            when.start,
+            when.end,
+        ),
     )
     auth.audit(
         session,
@@ -323,13 +325,20 @@ def _compliance(session: Session, scope: ColumnElement[bool], now: datetime) -> 
     return result
 
 
+def _critical_scope(session: Session, when: Period) -> ColumnElement[bool]:
+    """Critical results flagged in the period for the institution and those below it."""
+    ids = _institutions(session, when)
+    return and_(
+        CriticalResult.flagged_at >= when.start,
+        CriticalResult.flagged_at < when.end,
+        CriticalResult.institution_id.in_(ids) if ids is not None else true(),
+    )
+
+
 def _critical(session: Session, when: Period) -> CriticalFigures:
     query = select(
         CriticalResult.status, CriticalResult.flagged_at, CriticalResult.acknowledged_at
-    ).where(CriticalResult.flagged_at >= when.start, CriticalResult.flagged_at < when.end)
-    ids = _institutions(session, when)
-    if ids is not None:
-        query = query.where(CriticalResult.institution_id.in_(ids))
+    ).where(_critical_scope(session, when))
     rows = session.execute(query).all()
     waits = [
         _minutes(flagged, acked)

@@ -57,6 +57,7 @@ from telehealth.cases.service.deadlines import (
     deadline_for,
 )
 from telehealth.cases.service.live import CASE_TOPIC, LiveFeed, Subscription, Viewer, publish
+from telehealth.cases.service.priors import PriorStudy, prior_counts, prior_studies
 from telehealth.cases.service.queue import (
     Claim,
     assign,
@@ -128,6 +129,7 @@ __all__ = [
     "LoadReport",
     "NotClaimable",
     "NotificationNotFound",
+    "PriorStudy",
     "ReadingRequest",
     "Routing",
     "RoutingFile",
@@ -163,6 +165,8 @@ __all__ = [
     "mark_notification_read",
     "open_case_for_stable_study",
     "parse_routing_file",
+    "prior_counts",
+    "prior_studies",
     "publish",
     "read_case",
     "release",

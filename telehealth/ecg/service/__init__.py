@@ -29,6 +29,8 @@ from telehealth.ecg.service.results import (
     set_reader_values,
     triage_for_study,
 )
+from telehealth.ecg.service.samples import SAMPLES_CACHE, EncodedSamples, SamplesCache
+from telehealth.ecg.service.samples import etag_for as samples_etag
 from telehealth.ecg.service.triage import (
     RequestFlag,
     TriageCode,
@@ -56,6 +58,7 @@ __all__ = [
     "ECG_MEASURED",
     "ECG_SOP_CLASSES",
     "MEDIA_TYPES",
+    "SAMPLES_CACHE",
     "SCALARS",
     "BadReaderValue",
     "EcgChecksumMismatch",
@@ -65,6 +68,7 @@ __all__ = [
     "EcgUnreadable",
     "EcgUpload",
     "EcgWorker",
+    "EncodedSamples",
     "Lead",
     "MeasurementView",
     "Measurements",
@@ -74,6 +78,7 @@ __all__ = [
     "NotAnEcgInstance",
     "OriginalNotFound",
     "RequestFlag",
+    "SamplesCache",
     "TriageCode",
     "TriageReason",
     "TriageThresholds",
@@ -98,6 +103,7 @@ __all__ = [
     "render_page",
     "request_flags_from_text",
     "rhythm_of",
+    "samples_etag",
     "set_reader_values",
     "to_pdf",
     "to_png",

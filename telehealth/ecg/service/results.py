@@ -30,6 +30,7 @@ from telehealth.db import transaction
 from telehealth.ecg.models import EcgMeasurement, EcgOriginal, MeasurementStatus
 from telehealth.ecg.service.dicom_waveform import ECG_SOP_CLASSES, read_dicom_ecg, rhythm_of
 from telehealth.ecg.service.measure import ALGORITHM, SCALARS, Measurements, measure_record
+from telehealth.ecg.service.samples import SAMPLES_CACHE
 from telehealth.ecg.service.triage import TriageReason, TriageThresholds, triage
 from telehealth.ecg.service.waveform import LEAD_NUMBER_BY_NAME, EcgRecord, EcgUnreadable
 from telehealth.errors import Forbidden, Invalid, NotFound
@@ -154,6 +155,7 @@ def compute(
     error = ""
     try:
         record = rhythm_of(read_dicom_ecg(data))
+        _prepare_samples(sha256, record)
         automatic = measure_record(record).as_dict()
         status = MeasurementStatus.COMPUTED
     except EcgUnreadable as exc:
@@ -188,6 +190,15 @@ def compute(
     if events is not None:
         _announce(factory, events, kept, sop_uid, thresholds or TriageThresholds())
     return kept
+
+
+def _prepare_samples(sha256: str, record: EcgRecord) -> None:
+    """The viewer's samples from the same parse, so its first open finds them ready; a
+    failure here is the samples request's to report, never the measurement's."""
+    try:
+        SAMPLES_CACHE.remember(sha256, record)
+    except Exception:
+        log.exception("ECG samples of an instance could not be prepared")
 
 
 def _announce(
