@@ -14,20 +14,17 @@ instead of serving a blank page.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import json
-import mimetypes
 import re
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
+from telehealth import static_files
 from telehealth.config import Settings
+from telehealth.static_files import REVALIDATE, Prepared
 
 BASE = "/ohif"
 DICOMWEB = "/dicomweb"
@@ -50,18 +47,6 @@ _HIDDEN = frozenset(
         "serve.json",
     }
 )
-# Content-hashed names (`12.bundle.b4688cdbdd856b75.js`, `0ddf166f7a343eda.wasm`) never change
-# content: cache them for a year. Everything else is revalidated by ETag.
-_HASHED = re.compile(r"(^|[./])[0-9a-f]{16}\.(js|css|wasm|woff2?)$")
-_COMPRESSIBLE = frozenset(
-    {".js", ".css", ".html", ".json", ".jsonc", ".svg", ".wasm", ".map", ".xml", ".webapp", ".ico"}
-)
-_IMMUTABLE = "public, max-age=31536000, immutable"
-_REVALIDATE = "no-cache"
-# Prepared (rewritten, gzipped) files kept in memory; the viewer's working set is ~10 MB.
-_CACHE_BUDGET_BYTES = 96 * 1024 * 1024
-_MAX_PREPARED_BYTES = 32 * 1024 * 1024
-
 _PUBLIC_URL = b'window.PUBLIC_URL="/"'
 _PUBLIC_PATH = b'__webpack_require__.p = "/";'
 _SERVICE_WORKER_TAG = re.compile(rb'<script[^>]*src="/init-service-worker\.js"[^>]*></script>')
@@ -140,25 +125,6 @@ def app_config() -> str:
     )
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    body: bytes  # as served, after the rewrites
-    gzipped: bytes | None
-    etag: str
-    worker: bool = False  # a web worker's script: it runs under the policy sent with it
-
-    @property
-    def size(self) -> int:
-        return len(self.body) + len(self.gzipped or b"")
-
-
-def _prepared(data: bytes, *, compress: bool, worker: bool = False) -> _Prepared:
-    gzipped = (
-        gzip.compress(data, compresslevel=6, mtime=0) if compress and len(data) > 1024 else None
-    )
-    return _Prepared(data, gzipped, '"' + hashlib.sha256(data).hexdigest()[:32] + '"', worker)
-
-
 class OhifDist:
     """One OHIF dist/ folder, served under BASE with the root links rewritten.
 
@@ -169,11 +135,14 @@ class OhifDist:
         self.folder = folder.resolve()
         self.base = base
         self._prefix = (base + "/").encode()
-        self._cache: OrderedDict[str, _Prepared] = OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
+        self.files = static_files.PreparedFolder(
+            self.folder,
+            hidden=_HIDDEN,
+            rewrite=self._rewrite,
+            is_worker=lambda data: _WORKER_RUNTIME in data,
+        )
         self.check()
-        self.index = self.prepare("index.html")
+        self.index = self.files.prepare("index.html")
         self.csp = self._content_security_policy(self.index.body, worker=False)
         self.worker_csp = self._content_security_policy(b"", worker=True)
 
@@ -201,36 +170,6 @@ class OhifDist:
         if name.endswith(".css"):
             return _CSS_ROOT_URL.sub(lambda m: b"url(" + m.group(1) + prefix, data)
         return data
-
-    def file(self, rel: str) -> Path | None:
-        """The dist file for a URL path below BASE, or None (hidden, missing, or outside)."""
-        if not rel or rel.rsplit("/", 1)[-1] in _HIDDEN or rel.startswith("."):
-            return None
-        path = (self.folder / rel).resolve()
-        if not path.is_relative_to(self.folder) or not path.is_file():
-            return None
-        return path
-
-    def prepare(self, rel: str) -> _Prepared:
-        """The file as served: rewritten and gzipped once, then kept within a memory budget."""
-        with self._lock:
-            hit = self._cache.get(rel)
-            if hit is not None:
-                self._cache.move_to_end(rel)
-                return hit
-        # Outside the lock: gzip of the 17 MB main bundle takes about a second.
-        data = self._rewrite(rel.rsplit("/", 1)[-1], (self.folder / rel).read_bytes())
-        prepared = _prepared(
-            data, compress=Path(rel).suffix in _COMPRESSIBLE, worker=_WORKER_RUNTIME in data
-        )
-        with self._lock:
-            if rel not in self._cache:
-                self._cache[rel] = prepared
-                self._cached_bytes += prepared.size
-            while self._cached_bytes > _CACHE_BUDGET_BYTES and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached_bytes -= old.size
-        return prepared
 
     def _content_security_policy(self, index: bytes, *, worker: bool) -> str:
         # index.html has two small inline scripts (PUBLIC_URL, an import() helper): allow
@@ -271,52 +210,15 @@ class OhifDist:
         }
 
 
-def _accepts_gzip(request: Request) -> bool:
-    return "gzip" in request.headers.get("accept-encoding", "").lower()
-
-
-def _send(
-    request: Request, dist: OhifDist, prepared: _Prepared, media_type: str, cache_control: str
-) -> Response:
-    headers = dist.headers(cache_control, worker=prepared.worker) | {
-        "ETag": prepared.etag,
-        "Vary": "Accept-Encoding",
-    }
-    if prepared.etag in request.headers.get("if-none-match", "").replace("W/", "").split(", "):
-        return Response(status_code=304, headers=headers)
-    if prepared.gzipped is not None and _accepts_gzip(request):
-        headers["Content-Encoding"] = "gzip"  # the app's GZipMiddleware leaves it alone
-        return Response(prepared.gzipped, media_type=media_type, headers=headers)
-    # "identity": the app's GZipMiddleware would otherwise compress it again on every request.
-    headers["Content-Encoding"] = "identity"
-    return Response(prepared.body, media_type=media_type, headers=headers)
-
-
-_MEDIA_TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".html": "text/html; charset=utf-8",
-    ".wasm": "application/wasm",  # required for WebAssembly.instantiateStreaming
-    ".json": "application/json",
-    ".jsonc": "application/json",
-    ".map": "application/json",
-    ".webapp": "application/json",
-    ".svg": "image/svg+xml",
-    ".woff2": "font/woff2",
-    ".woff": "font/woff",
-}
-
-
-def _media_type(path: str) -> str:
-    known = _MEDIA_TYPES.get(Path(path).suffix)
-    return known or mimetypes.guess_type(path)[0] or "application/octet-stream"
+def _send(request: Request, dist: OhifDist, file: Prepared, media: str, cache: str) -> Response:
+    return static_files.send(request, file, media, dist.headers(cache, worker=file.worker))
 
 
 def router(dist: OhifDist) -> APIRouter:
     """Routes under BASE: the generated app-config.js, the build's files, and index.html for
     every client route (/ohif/viewer?StudyInstanceUIDs=…)."""
     routes = APIRouter(include_in_schema=False)
-    config = _prepared(app_config().encode(), compress=False)
+    config = static_files.prepared(app_config().encode(), compress=False)
 
     @routes.get(dist.base)
     def ohif_root() -> RedirectResponse:
@@ -324,23 +226,24 @@ def router(dist: OhifDist) -> APIRouter:
 
     @routes.get(dist.base + "/app-config.js")
     def ohif_config(request: Request) -> Response:
-        return _send(request, dist, config, "text/javascript; charset=utf-8", _REVALIDATE)
+        return _send(request, dist, config, "text/javascript; charset=utf-8", REVALIDATE)
 
     @routes.get(dist.base + "/{rel:path}")
     def ohif_file(rel: str, request: Request) -> Response:
-        path = dist.file(rel)
+        path = dist.files.file(rel)
         if path is None:
             last = rel.rsplit("/", 1)[-1]
             if "." in last:  # a missing asset, not a client route
-                return Response(status_code=404, headers=dist.headers(_REVALIDATE))
-            return _send(request, dist, dist.index, "text/html; charset=utf-8", _REVALIDATE)
+                return Response(status_code=404, headers=dist.headers(REVALIDATE))
+            return _send(request, dist, dist.index, "text/html; charset=utf-8", REVALIDATE)
         rel = path.relative_to(dist.folder).as_posix()  # one cache key per file
-        cache_control = _IMMUTABLE if _HASHED.search(path.name) else _REVALIDATE
-        if path.stat().st_size > _MAX_PREPARED_BYTES:
+        cache_control = static_files.cache_control_for(path.name)
+        media = static_files.media_type(rel)
+        if path.stat().st_size > static_files.MAX_PREPARED_BYTES:
             # Streamed as it is rather than held in memory (nothing in 3.13's dist is this big;
             # its largest, the optional AI models in ort/, are under 20 MB).
             headers = dist.headers(cache_control) | {"Content-Encoding": "identity"}
-            return FileResponse(path, media_type=_media_type(rel), headers=headers)
-        return _send(request, dist, dist.prepare(rel), _media_type(rel), cache_control)
+            return FileResponse(path, media_type=media, headers=headers)
+        return _send(request, dist, dist.files.prepare(rel), media, cache_control)
 
     return routes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -27,26 +26,13 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from telehealth.hub import Hub
 from telehealth.ohif import DEFAULT_DIST
+from tests.browser import ARTIFACTS, launch_chromium, require
 from tests.conftest import DEV_DATA
 from tests.dicomweb import PASSWORD, Web, open_web, serve
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Debian's Chromium: a test tool's own browser download cannot run here. The flags keep it off
-# the network (at start it would call Google's hosts) and out of the GPU.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CT_512 = DEV_DATA / "dicom" / "ct" / "pydicom-data__693_J2KR.dcm"  # a real 512x512 head CT
 SLICES = 3
 WINDOW = (40.0, 100.0)  # the file's own Window Center/Width, which OHIF applies first
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 # The user has confirmed OHIF's investigational-use notice and seen its tour: both would
 # otherwise cover part of the viewport.
 DISMISS_NOTICES = (
@@ -58,17 +44,9 @@ DISMISS_NOTICES = (
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
-def _require(condition: bool, reason: str) -> None:
-    # CI installs both (scripts/bootstrap.sh): there a missing one fails instead of skipping.
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def ohif_dist() -> Path:
-    _require(
+    require(
         (DEFAULT_DIST / "index.html").is_file(),
         f"no OHIF build at {DEFAULT_DIST}: run npm ci in viewer/ohif (bootstrap.sh does)",
     )
@@ -77,12 +55,7 @@ def ohif_dist() -> Path:
 
 @pytest.fixture(scope="module")
 def browser(ohif_dist: Path) -> Iterator[Any]:
-    _require(CHROMIUM.exists(), f"no {CHROMIUM}: apt-get install chromium (bootstrap.sh does)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    yield from launch_chromium()
 
 
 def ct_series(study_uid: str, series_uid: str, *, as_stored: bool) -> list[bytes]:
