@@ -1,12 +1,15 @@
 // The consult room (会诊室): lobby, video tiles (mesh, up to 4), mute, camera, screen share,
 // chat kept with the consult, presence, connection quality, reconnect, low-bandwidth mode, and
-// the host's outcome form at the end.
+// the host's outcome form at the end. The shared viewer (共享阅片): the case's images in our own
+// viewer, which the host drives and the others follow (viewer-sync), and key image links.
 import { useEffect, useRef, useState } from "preact/hooks";
 import { ApiError, api } from "../../api";
 import { defineMessages, formatDateTime } from "../../i18n";
 import { me } from "../../session";
+import { ImageViewer, type ViewTarget, type ViewerState } from "../../viewers/image/ImageViewer";
 import { type Quality, type RemoteView, RoomClient } from "./room";
 import type { Consult } from "./types";
+import { type KeyImage, chatParts, keyImageHref } from "./viewerSync";
 import "./consult.css";
 
 const t = defineMessages(
@@ -73,6 +76,17 @@ const t = defineMessages(
     file: "提交结论",
     filed: "会诊结论已提交。",
     error: "出错：{detail}",
+    shared_viewer: "共享阅片",
+    shared_host: "您在主持阅片：其他人看到与您相同的图像",
+    shared_following: "正在跟随主持人阅片",
+    shared_waiting: "等待主持人打开影像",
+    shared_detached: "您在独立浏览",
+    detach: "独立浏览",
+    follow: "跟随主持人",
+    share_key_image: "分享关键图像",
+    key_image_text: "关键图像：图像 {n}/{total}",
+    key_image_link: "打开图像",
+    no_study: "无法打开本病例的影像",
   },
   {
     title: "Consult room #{id}",
@@ -137,6 +151,17 @@ const t = defineMessages(
     file: "File the outcome",
     filed: "The outcome is filed.",
     error: "Error: {detail}",
+    shared_viewer: "Shared viewer",
+    shared_host: "You drive the viewer: the others see the same image",
+    shared_following: "Following the host",
+    shared_waiting: "Waiting for the host to open the images",
+    shared_detached: "You are browsing on your own",
+    detach: "Browse on my own",
+    follow: "Follow the host",
+    share_key_image: "Share key image",
+    key_image_text: "Key image: image {n}/{total}",
+    key_image_link: "Open image",
+    no_study: "The case's images cannot be opened",
   },
 );
 
@@ -147,6 +172,8 @@ export function ConsultRoom(props: { consultId?: string }) {
   const [showOutcome, setShowOutcome] = useState(false);
   const [filed, setFiled] = useState(false);
   const [generation, setGeneration] = useState(0);
+  // A key image clicked in the chat, shown in the shared viewer (n: clicked again, go again).
+  const [keyImage, setKeyImage] = useState<{ image: KeyImage; n: number } | null>(null);
 
   useEffect(() => {
     api<Consult>(`/api/consults/${consultId}`).then(setConsult, () => setConsult(null));
@@ -219,11 +246,12 @@ export function ConsultRoom(props: { consultId?: string }) {
           <section class="stage">
             <Tiles client={client} />
             <Controls client={client} isHost={isHost} onEnd={() => setShowOutcome(true)} />
+            {consult && <SharedViewer client={client} caseId={consult.case_id} keyImage={keyImage} />}
           </section>
           <aside class="side">
             {isHost && <Lobby client={client} />}
             <People client={client} />
-            <Chat client={client} />
+            <Chat client={client} onKeyImage={(image) => setKeyImage({ image, n: (keyImage?.n ?? 0) + 1 })} />
           </aside>
         </div>
       )}
@@ -430,7 +458,92 @@ function People(props: { client: RoomClient }) {
   );
 }
 
-function Chat(props: { client: RoomClient; readOnly?: boolean }) {
+/** Where my own viewer goes when I am not following (a key image; the study to show). */
+interface Local {
+  study: string;
+  target?: ViewTarget;
+}
+
+function SharedViewer(props: { client: RoomClient; caseId: number; keyImage: { image: KeyImage; n: number } | null }) {
+  const { client } = props;
+  const isHost = client.role.value === "host";
+  const host = client.hostViewer.value;
+  const [caseStudy, setCaseStudy] = useState<string | null | undefined>(undefined);
+  const [following, setFollowing] = useState(true);
+  const [own, setOwn] = useState<ViewerState | null>(null);
+  const [local, setLocal] = useState<Local | null>(null);
+
+  useEffect(() => {
+    api<{ study_instance_uid: string }>(`/api/cases/${props.caseId}`).then(
+      (found) => setCaseStudy(found.study_instance_uid),
+      () => setCaseStudy(null),
+    );
+  }, [props.caseId]);
+
+  useEffect(() => {
+    const jump = props.keyImage?.image;
+    if (!jump) return;
+    // A guest looks on his own; the host takes the room along.
+    if (!isHost) setFollowing(false);
+    setLocal({ study: jump.study, target: { series: jump.series, instance: jump.instance, frame: jump.frame } });
+  }, [props.keyImage]);
+
+  const onStateChange = (state: ViewerState) => {
+    setOwn(state);
+    if (isHost) client.shareViewer(state);
+  };
+
+  const follows = !isHost && following;
+  const study = follows ? (host?.study ?? caseStudy) : (local?.study ?? own?.study ?? caseStudy);
+  const target: ViewTarget | undefined = follows ? (host ?? undefined) : local?.target;
+
+  async function shareKeyImage() {
+    if (!own) return;
+    const text = `${t("key_image_text", { n: own.index + 1, total: own.total })} ${keyImageHref(own)}`;
+    await client.sendChat(text);
+  }
+
+  return (
+    <section class="panel shared-viewer" data-testid="shared-viewer" data-following={follows ? "true" : "false"}
+      data-host-slice={host ? host.index + 1 : undefined}
+    >
+      <div class="shared-head">
+        <h2>{t("shared_viewer")}</h2>
+        <span class="muted" role="status">
+          {isHost ? t("shared_host") : !following ? t("shared_detached") : host ? t("shared_following") : t("shared_waiting")}
+        </span>
+        {!isHost &&
+          (following ? (
+            <button type="button" onClick={() => setFollowing(false)}>
+              {t("detach")}
+            </button>
+          ) : (
+            <button
+              type="button"
+              class="primary"
+              onClick={() => {
+                setLocal(null);
+                setFollowing(true);
+              }}
+            >
+              {t("follow")}
+            </button>
+          ))}
+        <button type="button" disabled={!own} onClick={() => void shareKeyImage()}>
+          {t("share_key_image")}
+        </button>
+      </div>
+      {caseStudy === null && !study && <p class="error">{t("no_study")}</p>}
+      {study && (
+        <div class="shared-stage">
+          <ImageViewer key={study} studyInstanceUid={study} target={target} onStateChange={onStateChange} />
+        </div>
+      )}
+    </section>
+  );
+}
+
+function Chat(props: { client: RoomClient; readOnly?: boolean; onKeyImage?: (image: KeyImage) => void }) {
   const [text, setText] = useState("");
   const list = useRef<HTMLOListElement>(null);
   const lines = props.client.chat.value;
@@ -455,7 +568,30 @@ function Chat(props: { client: RoomClient; readOnly?: boolean }) {
             <div class="meta">
               <span class="name">{line.name}</span> <time>{formatDateTime(line.at)}</time>
             </div>
-            <div class="text">{line.text}</div>
+            <div class="text">
+              {chatParts(line.text).map((part, i) =>
+                "link" in part ? (
+                  <a
+                    key={i}
+                    class="key-image"
+                    href={part.href}
+                    title={part.href}
+                    onClick={(event) => {
+                      const plain = !(event.ctrlKey || event.metaKey || event.shiftKey || event.altKey);
+                      if (!props.onKeyImage || !plain || event.button !== 0) return;
+                      // Shown in the room's viewer; the router must not leave the room.
+                      event.preventDefault();
+                      event.stopPropagation();
+                      props.onKeyImage(part.link);
+                    }}
+                  >
+                    {t("key_image_link")}
+                  </a>
+                ) : (
+                  part.text
+                ),
+              )}
+            </div>
           </li>
         ))}
       </ol>

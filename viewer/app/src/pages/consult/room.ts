@@ -3,7 +3,9 @@
 // signals; nothing here touches the DOM.
 import { signal } from "@preact/signals";
 import { ApiError, api } from "../../api";
+import type { ViewerState } from "../../viewers/image/ImageViewer";
 import type { ChatLine, JoinTicket, PeerInfo } from "./types";
+import { decodeViewerState, encodeViewerState } from "./viewerSync";
 
 export type Phase = "starting" | "lobby" | "in" | "refused" | "left" | "closed";
 
@@ -61,6 +63,9 @@ interface Remote {
   lastAt: number;
 }
 
+/** The host sends the shared viewer's state at most this often (the last one always goes). */
+const VIEWER_SYNC_MS = 100;
+
 const NO_QUALITY: Quality = { rttMs: null, lossPercent: 0, kbps: null, grade: "unknown" };
 
 export class RoomClient {
@@ -79,6 +84,8 @@ export class RoomClient {
   readonly localStream = signal<MediaStream | null>(null);
   readonly notice = signal<"no_camera" | "no_media" | "screen_unavailable" | "chat_failed" | null>(null);
   readonly recording = signal(false);
+  /** The host's shared viewer, as last heard (guests); null until the host sends one. */
+  readonly hostViewer = signal<ViewerState | null>(null);
 
   private ticket: JoinTicket | null = null;
   private ws: WebSocket | null = null;
@@ -90,6 +97,9 @@ export class RoomClient {
   private retryTimer = 0;
   private timers: number[] = [];
   private ending = false;
+  private viewerState: ViewerState | null = null;
+  private viewerTimer = 0;
+  private viewerSentAt = 0;
 
   constructor(readonly consultId: number) {}
 
@@ -106,6 +116,7 @@ export class RoomClient {
     this.ending = true;
     window.removeEventListener("online", this.onOnline);
     window.clearTimeout(this.retryTimer);
+    window.clearTimeout(this.viewerTimer);
     this.timers.forEach((id) => window.clearInterval(id));
     this.send({ type: "leave" });
     this.ws?.close();
@@ -313,6 +324,7 @@ export class RoomClient {
         this.sendPresence();
         if (m.admitted) {
           this.phase.value = "in";
+          this.sendViewer(); // the host back after a drop: the others see where he is
           await this.callEveryone(m.peers as PeerInfo[]);
         } else {
           this.phase.value = "lobby";
@@ -329,6 +341,7 @@ export class RoomClient {
       case "join":
         // They offer to us (whoever enters calls); note them until the offer comes.
         this.ensureRemote(m.peer as PeerInfo, false);
+        this.sendViewer(); // a late joiner starts where the host is
         break;
       case "leave":
         this.drop(String(m.peer));
@@ -369,8 +382,13 @@ export class RoomClient {
       case "recording":
         this.recording.value = Boolean(m.on);
         break;
+      case "viewer-sync": {
+        const state = decodeViewerState(m.state);
+        if (state) this.hostViewer.value = state;
+        break;
+      }
       default:
-        break; // pong, error, viewer-sync: nothing to show yet
+        break; // pong, error
     }
   }
 
@@ -394,6 +412,24 @@ export class RoomClient {
     }
     this.send({ type: "chat", text });
     return true;
+  }
+
+  /** The host's viewer changed: tell the room, at most every VIEWER_SYNC_MS, the last state
+   * always. It goes over the signalling socket, so low-bandwidth mode keeps it. */
+  shareViewer(state: ViewerState): void {
+    this.viewerState = state;
+    if (this.role.value !== "host" || this.viewerTimer) return;
+    const wait = Math.max(0, this.viewerSentAt + VIEWER_SYNC_MS - performance.now());
+    this.viewerTimer = window.setTimeout(() => {
+      this.viewerTimer = 0;
+      this.sendViewer();
+    }, wait);
+  }
+
+  private sendViewer(): void {
+    if (this.role.value !== "host" || !this.viewerState) return;
+    this.viewerSentAt = performance.now();
+    this.send({ type: "viewer-sync", state: encodeViewerState(this.viewerState) });
   }
 
   // --- peer connections ----------------------------------------------------------------------

@@ -20,12 +20,51 @@ import {
   type DicomJson,
   type StackImage,
 } from "./series";
-import { PRESETS, StackViewport, formatLength, type Snapshot, type Tool } from "./viewport";
+import {
+  PRESETS,
+  StackViewport,
+  formatLength,
+  type Geometry,
+  type Snapshot,
+  type Tool,
+} from "./viewport";
 import "./ImageViewer.css";
+
+/** Where the viewer stands, for another viewer to show the same (a consult's shared viewer). */
+export interface ViewerState {
+  study: string;
+  series: string;
+  instance: string; // SOP Instance UID of the image on screen
+  frame: number; // 1-based, for multi-frame instances
+  index: number; // 0-based position in the series' stack
+  total: number;
+  window: { center: number; width: number };
+  invert: boolean;
+  zoom: number; // relative to fit
+  pan: [number, number]; // fractions of the stage
+}
+
+/** Somewhere to go: a series, optionally an image in it and how to show it. */
+export interface ViewTarget {
+  series: string;
+  instance?: string;
+  frame?: number;
+  window?: { center: number; width: number };
+  invert?: boolean;
+  zoom?: number;
+  pan?: [number, number];
+}
 
 export interface ImageViewerProps {
   studyInstanceUid: string;
   seriesInstanceUid?: string;
+  /** Open this image of `seriesInstanceUid` first (a key image link). */
+  instanceUid?: string;
+  frame?: number;
+  /** Go there whenever a new object is given (a followed host); undefined leaves the user be. */
+  target?: ViewTarget;
+  /** Told each time what is shown changes (image, window, invert, zoom, pan, series). */
+  onStateChange?: (state: ViewerState) => void;
   /** Take keyboard focus when opened (a page of its own; not beside a report editor). */
   autoFocus?: boolean;
 }
@@ -86,6 +125,15 @@ async function completeStack(study: string, series: string, stack: StackImage[])
   }
 }
 
+/** The stack position of an instance (and frame), or undefined when it is not in the stack. */
+function indexOf(stack: StackImage[], instance?: string, frame?: number): number | undefined {
+  if (!instance) return undefined;
+  const found = stack.findIndex(
+    (image) => image.instance.sopUid === instance && (!frame || image.frame === frame),
+  );
+  return found < 0 ? undefined : found;
+}
+
 function round(value: number): string {
   return String(Math.round(value));
 }
@@ -96,7 +144,17 @@ export function ImageViewer(props: ImageViewerProps) {
   const canvas = useRef<HTMLCanvasElement>(null);
   const viewport = useRef<StackViewport | undefined>(undefined);
   const [series, setSeries] = useState<SeriesEntry[]>([]);
-  const [selected, setSelected] = useState<string | undefined>(props.seriesInstanceUid);
+  const [selected, setSelected] = useState<string | undefined>(
+    props.target?.series ?? props.seriesInstanceUid,
+  );
+  // Where to go once the series on the way is loaded; the stack's series once it is.
+  const pending = useRef<ViewTarget | undefined>(
+    props.target ??
+      (props.seriesInstanceUid
+        ? { series: props.seriesInstanceUid, instance: props.instanceUid, frame: props.frame }
+        : undefined),
+  );
+  const shown = useRef<string | undefined>(undefined);
   const [header, setHeader] = useState<DicomJson | undefined>();
   const [stack, setStack] = useState<StackImage[]>([]);
   const [snapshot, setSnapshot] = useState<Snapshot | undefined>();
@@ -114,6 +172,28 @@ export function ImageViewer(props: ImageViewerProps) {
     if (props.seriesInstanceUid) setSelected(props.seriesInstanceUid);
   }, [props.seriesInstanceUid]);
 
+  /** Go to a target now if its series is on screen, else once it is loaded. */
+  function go(target: ViewTarget, stackNow: StackImage[]): void {
+    const view = viewport.current;
+    if (!view || shown.current !== target.series) {
+      pending.current = target;
+      setSelected(target.series);
+      return;
+    }
+    pending.current = undefined;
+    const at = indexOf(stackNow, target.instance, target.frame);
+    if (at !== undefined) view.setIndex(at);
+    if (target.window) view.setWindow(target.window);
+    if (target.invert !== undefined) view.setInvert(target.invert);
+    if (target.zoom !== undefined && target.pan) {
+      view.setGeometry({ zoom: target.zoom, pan: target.pan });
+    }
+  }
+
+  useEffect(() => {
+    if (props.target) go(props.target, stack);
+  }, [props.target]);
+
   // The study's series, for the thumbnails and to choose the first series with images.
   useEffect(() => {
     let live = true;
@@ -126,7 +206,7 @@ export function ImageViewer(props: ImageViewerProps) {
         setSeries(entries);
         const first = entries.find((entry) => isImageModality(entry.modality));
         setSelected((current) => current ?? first?.uid);
-        if (!first && !props.seriesInstanceUid) setEmpty(true);
+        if (!first && !props.seriesInstanceUid && !props.target) setEmpty(true);
       })
       .catch((reason: unknown) => live && setError(String((reason as Error).message ?? reason)));
     return () => {
@@ -142,6 +222,7 @@ export function ImageViewer(props: ImageViewerProps) {
     const view = viewport.current!;
     const none: StackImage[] = [];
     view.setStack(none, new StackLoader("", none, () => undefined), 0); // nothing stale meanwhile
+    shown.current = undefined;
     const seriesPath = `${studyPath(study)}/series/${encodeURIComponent(selected)}`;
     (async () => {
       const metadata = await api<DicomJson[]>(`${seriesPath}/metadata`, { signal: abort.signal });
@@ -156,7 +237,10 @@ export function ImageViewer(props: ImageViewerProps) {
       }
       setEmpty(false);
       const loader = new StackLoader(seriesPath, images, (indices) => view.imagesLoaded(indices));
-      view.setStack(images, loader, 0);
+      const target = pending.current?.series === selected ? pending.current : undefined;
+      view.setStack(images, loader, indexOf(images, target?.instance, target?.frame) ?? 0);
+      shown.current = selected;
+      if (target) go(target, images);
     })().catch((reason: unknown) => {
       if (!abort.signal.aborted) setError(String((reason as Error).message ?? reason));
     });
@@ -207,6 +291,30 @@ export function ImageViewer(props: ImageViewerProps) {
     const fraction = Math.min(Math.max((event.clientY - box.top) / box.height, 0), 1);
     view?.setIndex(fraction * (total - 1));
   }
+
+  // Tell the owner what is on screen, once per change (snapshots also come while loading).
+  const told = useRef("");
+  const { onStateChange } = props;
+  useEffect(() => {
+    if (!onStateChange || !view || !snapshot || !current || shown.current !== selected) return;
+    const geometry: Geometry = view.geometry();
+    const state: ViewerState = {
+      study,
+      series: selected!,
+      instance: current.instance.sopUid,
+      frame: current.frame,
+      index,
+      total,
+      window: { center: snapshot.window.center, width: snapshot.window.width },
+      invert: snapshot.invert,
+      zoom: geometry.zoom,
+      pan: geometry.pan,
+    };
+    const key = JSON.stringify(state);
+    if (key === told.current) return;
+    told.current = key;
+    onStateChange(state);
+  }, [snapshot, current, selected, onStateChange]);
 
   const thumbPercent = total ? Math.max(100 / total, 4) : 100;
   const thumbTop = total > 1 ? (index / (total - 1)) * (100 - thumbPercent) : 0;

@@ -37,6 +37,11 @@ export interface Snapshot {
   measurements: MeasurementValue[];
 }
 
+export interface Geometry {
+  zoom: number; // 1: fitted to the stage
+  pan: [number, number]; // fractions of the stage's width and height
+}
+
 export interface ViewerStats {
   firstImageMs?: number; // since navigation (performance.now())
   openToFirstImageMs?: number;
@@ -190,6 +195,37 @@ export class StackViewport {
     this.changed();
   }
 
+  setInvert(invert: boolean): void {
+    if (invert !== this.invert) this.toggleInvert();
+  }
+
+  /** Zoom and pan in terms another screen can use: zoom relative to fit, pan as fractions of
+   * the stage (a shared viewer on a canvas of another size shows the same part). */
+  geometry(): Geometry {
+    const { width, height } = this.size();
+    const fit = this.fitScale();
+    return {
+      zoom: this.fitted || !fit ? 1 : this.scale / fit,
+      pan: this.fitted || !width || !height ? [0, 0] : [this.panX / width, this.panY / height],
+    };
+  }
+
+  setGeometry(geometry: Geometry): void {
+    const fit = this.fitScale();
+    const { width, height } = this.size();
+    if (geometry.zoom === 1 && geometry.pan[0] === 0 && geometry.pan[1] === 0) {
+      if (!this.fitted) this.fit();
+      return;
+    }
+    if (!fit) return;
+    this.scale = Math.min(Math.max(fit * geometry.zoom, MIN_ZOOM), MAX_ZOOM);
+    this.panX = geometry.pan[0] * width;
+    this.panY = geometry.pan[1] * height;
+    this.fitted = false;
+    this.requestDraw();
+    this.changed();
+  }
+
   setTool(tool: Tool): void {
     this.tool = tool;
     this.pendingAngle = undefined;
@@ -272,11 +308,17 @@ export class StackViewport {
     return { width: this.canvas.clientWidth, height: this.canvas.clientHeight };
   }
 
-  private fitView(): void {
+  private fitScale(): number {
     const instance = this.stack[this.index]?.instance;
     const { width, height } = this.size();
-    if (!instance || !width || !height) return;
-    this.scale = Math.min(width / instance.columns, height / (instance.rows * this.aspect()));
+    if (!instance || !width || !height) return 0;
+    return Math.min(width / instance.columns, height / (instance.rows * this.aspect()));
+  }
+
+  private fitView(): void {
+    const scale = this.fitScale();
+    if (!scale) return;
+    this.scale = scale;
     this.panX = 0;
     this.panY = 0;
   }
@@ -392,6 +434,7 @@ export class StackViewport {
         this.panY += dy;
         this.fitted = false;
         this.requestDraw();
+        this.changed(); // a shared view follows the pan
       } else if (drag.action === "zoom") {
         this.zoomAt(Math.exp(-dy / 150), drag.start);
       } else if (drag.measurement) {
