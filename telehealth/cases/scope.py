@@ -1,4 +1,5 @@
-"""Which cases a reader may see: those routed to his groups and the one he holds.
+"""Which cases a reader may see: those routed to his groups and the one he holds; and the
+cases of consults a user takes part in.
 
 Apart from the service package because the archive's study scope check uses it too
 (`archive.visible_study`), and the service package depends on the archive.
@@ -26,6 +27,27 @@ def routed_case_for_study(session: Session, user_id: int, study_pk: int) -> int 
             Case.study_pk == study_pk,
             Case.status != CaseStatus.CANCELLED,
             reader_cases(user_id),
+        )
+        .order_by(Case.id.desc())
+        .limit(1)
+    )
+
+
+def consulted_case_for_study(session: Session, user_id: int, study_pk: int) -> int | None:
+    """The newest case of the study with a consult the user takes part in (host, requester or
+    invited; a cancelled consult or case gives no access, a completed one still does: the
+    participants advised on it)."""
+    from telehealth.consults.models import Consult, ConsultParticipant, ConsultStatus
+
+    return session.scalar(
+        select(Case.id)
+        .join(Consult, Consult.case_id == Case.id)
+        .join(ConsultParticipant, ConsultParticipant.consult_id == Consult.id)
+        .where(
+            Case.study_pk == study_pk,
+            Case.status != CaseStatus.CANCELLED,
+            Consult.status != ConsultStatus.CANCELLED,
+            ConsultParticipant.user_id == user_id,
         )
         .order_by(Case.id.desc())
         .limit(1)

@@ -11,13 +11,15 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from websockets.asyncio.client import connect
 
 from telehealth.app import create_app
+from telehealth.auth.models import AuditEvent, Role
 from telehealth.clock import FakeClock
 from telehealth.db import transaction
 from telehealth.hub import Hub
-from tests.cases import PASSWORD, World, build_world
+from tests.cases import PASSWORD, World, add_user, build_world
 
 
 class Site:
@@ -121,3 +123,40 @@ def test_the_host_files_the_outcome_and_the_case_history_shows_it(site: Site) ->
     assert done.json()["referral_institution"] == "COUNTY"
     again = site.call("POST", "img1", f"/api/consults/{consult['id']}/join")
     assert again.status_code == 409
+
+
+def test_an_invited_doctor_of_another_clinic_sees_the_study_of_the_consult(site: Site) -> None:
+    """Clinic B's doctor, invited to a consult on clinic A's case, opens the case's images
+    (the room's shared viewer) and no other study of clinic A; a cancelled consult gives no
+    access."""
+    with transaction(site.hub.factory) as session:
+        add_user(
+            session,
+            "other1",
+            Role.CONSULT_DOCTOR,
+            site.world.ids["CLINIC_B"],
+            site.world.clock.now(),
+        )
+        site.world.session = session
+        study = site.world.study()
+        study_uid = study.study_instance_uid
+        case_id = site.world.request(study).id
+        unrelated = site.world.study().study_instance_uid
+    path = f"/api/studies/{study_uid}"
+    assert site.call("GET", "other1", path).status_code == 404  # not invited yet
+    created = site.call(
+        "POST", "tech_a", "/api/consults",
+        json={"case_id": case_id, "host": "img1", "participants": ["other1"], "reason": "会诊"},
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    assert site.call("GET", "other1", path).status_code == 200
+    assert site.call("GET", "other1", f"/api/studies/{unrelated}").status_code == 404
+    with transaction(site.hub.factory) as session:
+        trail = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.object_id == study_uid)
+        ).all()
+    assert "study.access_via_consult" in trail
+
+    cancelled = site.call("POST", "tech_a", f"/api/consults/{created.json()['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert site.call("GET", "other1", path).status_code == 404

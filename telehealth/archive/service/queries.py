@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from telehealth.archive.models import Patient, Study
 from telehealth.auth import service as auth
 from telehealth.auth.models import AuditOutcome, Role
-from telehealth.cases.scope import routed_case_for_study
+from telehealth.cases.scope import consulted_case_for_study, routed_case_for_study
 from telehealth.errors import NotFound
 
 
@@ -95,8 +95,8 @@ def visible_study(
     object_id: str | None = None,
 ) -> tuple[int, int]:
     """The (primary key, owning institution) of a study the actor may see: one of his
-    institutions' (auth.visible_institutions), or, for a reader, one of a case routed to
-    his reading groups.
+    institutions' (auth.visible_institutions); for a reader, one of a case routed to his
+    reading groups; for a consult participant, the study of the consult's case.
 
     Raises StudyNotFound for a missing study and for one outside the actor's scope (the two
     are not told apart), recording the refusal in the audit trail under `action`.
@@ -106,14 +106,15 @@ def visible_study(
         select(Study.id, Study.institution_id).where(Study.study_instance_uid == study_instance_uid)
     ).first()
     if row is not None and visible is not None and row.institution_id not in visible:
-        case_id = _routed_case(session, actor, row.id)
-        if case_id is not None:
+        via = _case_giving_access(session, actor, row.id)
+        if via is not None:
             # A partner hospital's reader opens a study only because a case was routed to
-            # his group; the trail says which.
+            # his group, a consult participant because of the consult; the trail says which.
+            how, case_id = via
             auth.audit(
                 session,
                 actor,
-                "study.access_via_case",
+                f"study.access_via_{how}",
                 object_type="study",
                 object_id=object_id or study_instance_uid,
                 detail=f"{action} for case {case_id}",
@@ -132,11 +133,19 @@ def visible_study(
     return row.id, row.institution_id
 
 
-def _routed_case(session: Session, actor: auth.Actor, study_pk: int) -> int | None:
-    """A case of the study routed to one of the reader's groups (or held by him), if any."""
-    if actor.role != Role.SPECIALIST or actor.user_id is None:
+def _case_giving_access(
+    session: Session, actor: auth.Actor, study_pk: int
+) -> tuple[str, int] | None:
+    """("case", id) for a case of the study routed to the reader's groups (or held by him);
+    ("consult", id) for a case of the study with a consult the user takes part in."""
+    if actor.user_id is None:
         return None
-    return routed_case_for_study(session, actor.user_id, study_pk)
+    if actor.role == Role.SPECIALIST:
+        case_id = routed_case_for_study(session, actor.user_id, study_pk)
+        if case_id is not None:
+            return "case", case_id
+    case_id = consulted_case_for_study(session, actor.user_id, study_pk)
+    return ("consult", case_id) if case_id is not None else None
 
 
 def get_study(
