@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -25,6 +26,8 @@ from telehealth.clock import as_utc
 from telehealth.errors import Overloaded
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+log = logging.getLogger(__name__)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -131,6 +134,8 @@ class WriteTurns:
         self._lock_path = lock_path
         self._mutex = threading.Lock()  # guards the fields below, held only for a moment
         self._holder: int | None = None  # thread ident
+        self._holder_name = ""  # its thread's name, and since when it holds the turn: for
+        self._held_since = 0.0  # the log line of a turn held too long
         self._line: collections.deque[_Waiter] = collections.deque()
         self._pid = os.getpid()
         self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -161,12 +166,18 @@ class WriteTurns:
                 waiter = _Waiter(me)
                 self._line.append(waiter)
         if waiter is not None and not self._wait(waiter, time.monotonic() + timeout):
-            raise TimeoutError(f"no turn at the write lock in {timeout:g} s")
+            held = time.monotonic() - self._held_since
+            raise TimeoutError(
+                f"no turn at the write lock in {timeout:g} s"
+                f" (thread {self._holder_name!r} has held it for {held:.1f} s)"
+            )
         try:
             self._lock_file()
         except BaseException:
             self.release()
             raise
+        self._holder_name = threading.current_thread().name
+        self._held_since = time.monotonic()
         return True
 
     def _wait(self, waiter: _Waiter, deadline: float) -> bool:
@@ -185,6 +196,14 @@ class WriteTurns:
                 waiter.woken = False  # a running thread was quicker: keep our place, wait on
 
     def release(self) -> None:
+        held = time.monotonic() - self._held_since
+        if held > SLOW_TURN_SECONDS:
+            # Every other writer (a modality's C-STORE among them) waited this long.
+            log.warning(
+                "a SQLite write transaction held the lock for %.1f s (thread %r)",
+                held,
+                self._holder_name,
+            )
         with contextlib.suppress(OSError):
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         with self._mutex:
@@ -212,6 +231,9 @@ class WriteTurns:
         with contextlib.suppress(OSError, AttributeError):
             os.close(self._fd)
 
+
+# A transaction holding the write lock longer than this is logged: others waited for it.
+SLOW_TURN_SECONDS = 2.0
 
 # How long the first in line may wait before turns are handed to it rather than taken by
 # whichever thread runs; about the time of ten short transactions.

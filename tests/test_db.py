@@ -186,3 +186,35 @@ def test_a_waiter_that_gives_up_leaves_the_line(tmp_path: Path) -> None:
     assert [type(o) for o in outcome] == [TimeoutError] and waiting(turns) == 0
     turns.release()
     assert turns._holder is None
+
+
+def test_a_turn_held_too_long_is_logged_with_its_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every other writer waits while one holds the lock: the log says who, and so does the
+    error of a writer that gave up."""
+    monkeypatch.setattr(db, "SLOW_TURN_SECONDS", 0.05)
+    turns = WriteTurns.for_file(str(tmp_path / "telehealth.db"))
+    holding, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        assert turns.acquire(timeout=5)
+        holding.set()
+        let_go.wait(10)
+        turns.release()
+
+    holder = threading.Thread(target=hold, name="slow-writer", daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    with pytest.raises(TimeoutError, match="thread 'slow-writer' has held it for"):
+        turns.acquire(timeout=0.1)
+    with caplog.at_level("WARNING", logger="telehealth.db"):
+        let_go.set()
+        holder.join(10)
+    assert "held the lock for" in caplog.text and "'slow-writer'" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="telehealth.db"):
+        assert turns.acquire(timeout=5)
+        turns.release()  # a short turn says nothing
+    assert caplog.text == ""
