@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import logging
 import socket
-import ssl
 import threading
 import time
 import weakref
@@ -29,7 +28,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node import fast_store
+from dicom_node import fast_store, tls
 from dicom_node.query_retrieve import SOP_CLASSES as QUERY_RETRIEVE_SOP_CLASSES
 from dicom_node.query_retrieve import QueryRetrieve
 from telehealth.archive.models import IngestSource
@@ -195,7 +194,7 @@ class DicomNode:
             (self.host, self.port),
             block=False,
             evt_handlers=handlers,
-            ssl_context=self._ssl_context(),
+            ssl_context=tls.server_context(self.hub.settings),
         )
         self.port = self._server.server_address[1]
         log.info("DICOM node %s listening on %s:%d", self.ae.ae_title, self.host, self.port)
@@ -213,17 +212,6 @@ class DicomNode:
         for assoc in fast:
             assoc.close()
         self.ae.shutdown()
-
-    def _ssl_context(self) -> ssl.SSLContext | None:
-        settings = self.hub.settings
-        if not (settings.dicom_tls_cert and settings.dicom_tls_key):
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(settings.dicom_tls_cert, settings.dicom_tls_key)
-        if settings.dicom_tls_ca:
-            context.load_verify_locations(settings.dicom_tls_ca)
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
 
     # --- association admission ---------------------------------------------------------------
 

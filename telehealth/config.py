@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     dicom_tls_cert: Path | None = None
     dicom_tls_key: Path | None = None
     dicom_tls_ca: Path | None = None  # when set, callers must present a certificate it signed
+    # CA bundle that signed the certificates of C-MOVE destinations registered for TLS (the
+    # system's CAs when unset); the hub presents dicom_tls_cert/key to them when set.
+    dicom_move_tls_ca: Path | None = None
 
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.REPLACE
     # Refuse new instances (Out of Resources) when the spool disk has less than this free.

@@ -83,6 +83,7 @@ def add_application_entity(
         institution_code=body.institution_code,
         host=body.host,
         port=body.port,
+        tls=bool(body.tls),
         description=body.description,
         clock=hub.clock,
     )
@@ -94,7 +95,7 @@ def add_application_entity(
 def update_application_entity(
     entity_id: int, body: ApplicationEntityIn, actor: CurrentActor, session: SessionDep
 ) -> ApplicationEntityOut:
-    """Replace an AE title's registration: title, institution, host, port (admins)."""
+    """Replace an AE title's registration: title, institution, host, port, TLS (admins)."""
     auth.require(actor, auth.Permission.ADMINISTER)
     before = service.get_application_entity(session, entity_id).ae_title
     entity = service.update_application_entity(
@@ -104,9 +105,10 @@ def update_application_entity(
         institution_code=body.institution_code,
         host=body.host,
         port=body.port,
+        tls=body.tls,
         description=body.description,
     )
-    detail = f"host={entity.host or '*'} port={entity.port or ''}"
+    detail = f"host={entity.host or '*'} port={entity.port or ''}" + (" tls" if entity.tls else "")
     if before != entity.ae_title:
         detail = f"renamed from {before}; {detail}"
     auth.audit(

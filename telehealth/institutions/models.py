@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy import Boolean, ForeignKey, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from telehealth.db import Base, UTCDateTime
@@ -43,5 +43,7 @@ class ApplicationEntity(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     # Where C-MOVE sends to this AE; not needed for a modality that only stores.
     port: Mapped[int | None] = mapped_column(Integer)
+    # C-MOVE connects to host:port with TLS, verifying the peer (TELEHEALTH_DICOM_MOVE_TLS_CA).
+    tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -37,6 +37,8 @@ class ApplicationEntityIn(BaseModel):
     institution_code: str
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
+    # C-MOVE to this AE over TLS. Left out of an update: unchanged (clients that predate it).
+    tls: bool | None = None
     description: str = ""
 
 
@@ -48,4 +50,5 @@ class ApplicationEntityOut(BaseModel):
     institution_id: int
     host: str | None
     port: int | None
+    tls: bool
     description: str

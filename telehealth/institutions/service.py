@@ -163,6 +163,7 @@ def add_application_entity(
     institution_code: str,
     host: str | None = None,
     port: int | None = None,
+    tls: bool = False,
     description: str = "",
     clock: Clock = SYSTEM_CLOCK,
 ) -> ApplicationEntity:
@@ -176,6 +177,7 @@ def add_application_entity(
         institution_id=institution.id,
         host=normalise_host(host),
         port=port,
+        tls=tls,
         description=description,
         created_at=clock.now(),
     )
@@ -199,9 +201,11 @@ def update_application_entity(
     institution_code: str,
     host: str | None = None,
     port: int | None = None,
+    tls: bool | None = None,
     description: str = "",
 ) -> ApplicationEntity:
-    """Replace an AE title's registration. An empty host accepts the title from any address.
+    """Replace an AE title's registration. An empty host accepts the title from any address;
+    `tls` None keeps the current setting.
 
     Raises ApplicationEntityNotFound, AeTitleExists, InvalidAeTitle, InvalidHost,
     InstitutionNotFound.
@@ -215,6 +219,8 @@ def update_application_entity(
     entity.institution_id = get_institution(session, institution_code).id
     entity.host = normalise_host(host)
     entity.port = port
+    if tls is not None:
+        entity.tls = tls
     entity.description = description
     session.flush()
     return entity
@@ -282,6 +288,7 @@ class MoveDestination:
     host: str
     port: int
     institution_id: int
+    tls: bool = False  # connect with TLS and verify the peer's certificate
 
 
 def get_move_destination(session: Session, ae_title: str) -> MoveDestination:
@@ -297,4 +304,4 @@ def get_move_destination(session: Session, ae_title: str) -> MoveDestination:
         raise MoveDestinationUnknown(f"move destination {title!r} is not registered")
     if not entity.host or not entity.port:
         raise MoveDestinationUnknown(f"move destination {title!r} has no host and port")
-    return MoveDestination(title, entity.host, entity.port, entity.institution_id)
+    return MoveDestination(title, entity.host, entity.port, entity.institution_id, entity.tls)
