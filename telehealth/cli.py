@@ -414,6 +414,7 @@ def ae_add(
     institution: Annotated[str, typer.Option(help="Institution code")],
     host: Annotated[str | None, typer.Option(help="Accept calls only from this address")] = None,
     port: Annotated[int | None, typer.Option(help="Port for C-MOVE to this AE")] = None,
+    tls: Annotated[bool, typer.Option(help="C-MOVE to this AE over TLS only")] = False,
     description: Annotated[str, typer.Option(help="e.g. DR room 1")] = "",
     data_dir: DataDir = None,
 ) -> None:
@@ -424,6 +425,7 @@ def ae_add(
             institution_code=institution,
             host=host,
             port=port,
+            tls=tls,
             description=description,
         )
     console.print(f"AE title {entity.ae_title} registered")
@@ -432,10 +434,15 @@ def ae_add(
 @ae_app.command("list")
 def ae_list(data_dir: DataDir = None) -> None:
     with _admin_session(data_dir) as session:
-        table = Table("AE title", "institution id", "host", "port", "description")
+        table = Table("AE title", "institution id", "host", "port", "TLS", "description")
         for e in institutions.list_application_entities(session):
             table.add_row(
-                e.ae_title, str(e.institution_id), e.host or "", str(e.port or ""), e.description
+                e.ae_title,
+                str(e.institution_id),
+                e.host or "",
+                str(e.port or ""),
+                "yes" if e.tls else "",
+                e.description,
             )
     console.print(table)
 

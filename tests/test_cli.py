@@ -201,8 +201,11 @@ def test_admin_builds_the_consortium(cli: Cli) -> None:
     _ok(cli("ae", "add", "CG_DR01", "--institution", "CHENGGUAN", "--host", "10.1.2.3"))
     _fails(cli("ae", "add", "CG_DR01", "--institution", "COUNTY"), "already registered")
     _fails(cli("ae", "add", "BAD\\TITLE", "--institution", "COUNTY"), "invalid AE title")
-    row = next(line for line in _ok(cli("ae", "list")).splitlines() if "CG_DR01" in line)
-    assert "10.1.2.3" in row
+    _ok(cli("ae", "add", "CITY_PACS", "--institution", "COUNTY", "--port", "11112", "--tls"))
+    rows = _ok(cli("ae", "list")).splitlines()
+    row = next(line for line in rows if "CG_DR01" in line)
+    assert "10.1.2.3" in row and "yes" not in row
+    assert "yes" in next(line for line in rows if "CITY_PACS" in line)  # the TLS column
 
     # What the commands wrote is what the hub reads: the password from stdin logs in.
     engine = create_db_engine(cli.database_url)

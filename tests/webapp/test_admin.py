@@ -118,13 +118,15 @@ def test_admin_adds_institution_user_ae_title_and_edits_routing(web: Web, browse
     form.get_by_label("机构").select_option("TOWN_C")
     form.get_by_label("主机地址").fill("10.1.2.3")
     form.get_by_label("端口").fill("104")
+    form.get_by_label("C-MOVE 仅经 TLS 发送").check()
     form.get_by_role("button", name="添加").click()
     page.locator('tbody[data-institution="TOWN_C"] tr[data-ae="TOWN_C_US"]').wait_for()
     screenshot(page, "admin-ae-titles-zh")
     with api(web, "admin") as admin:
         entities = {e["ae_title"]: e for e in admin.get("/api/application-entities").json()}
     assert entities["TOWN_C_US"]["institution_id"] == tree["TOWN_C"]["id"]
-    assert (entities["TOWN_C_US"]["host"], entities["TOWN_C_US"]["port"]) == ("10.1.2.3", 104)
+    town_us = entities["TOWN_C_US"]
+    assert (town_us["host"], town_us["port"], town_us["tls"]) == ("10.1.2.3", 104, True)
 
     # Routing: edit the rule; a bad time window is refused with the hub's message.
     page.get_by_role("link", name="分诊规则").click()

@@ -1,10 +1,11 @@
 // AE titles of each institution's modalities and PACS, with the host a title is tied to
-// (calls from elsewhere are refused) and the port C-MOVE sends to.
+// (calls from elsewhere are refused) and the port C-MOVE sends to (over TLS when marked).
 import { useState } from "preact/hooks";
 import { api } from "../../api";
 import {
   AdminForm,
   type ApplicationEntity,
+  CheckField,
   EditDeleteCell,
   FormError,
   type Institution,
@@ -34,13 +35,13 @@ export function AeTitles() {
         <FormError error={remove.error} />
         <div class="table-scroll">
           <table class="ae-table">
-            <TableHead columns={["aeTitle", "host", "port", "description", "actions"]} />
+            <TableHead columns={["aeTitle", "host", "port", "tls", "description", "actions"]} />
             {treeOrder(places.data).map(({ institution, depth }) => {
               const own = all.filter((e) => e.institution_id === institution.id);
               return (
                 <tbody data-institution={institution.code}>
                   <tr class="group-row">
-                    <th colSpan={5} scope="rowgroup" style={{ paddingLeft: `${0.6 + depth * 1.2}rem` }}>
+                    <th colSpan={6} scope="rowgroup" style={{ paddingLeft: `${0.6 + depth * 1.2}rem` }}>
                       {institution.name} <span class="muted">{institution.code}</span>
                     </th>
                   </tr>
@@ -49,6 +50,7 @@ export function AeTitles() {
                       <td class="mono">{e.ae_title}</td>
                       <td class="mono">{e.host ?? <span class="muted">{t("anyHost")}</span>}</td>
                       <td>{e.port ?? ""}</td>
+                      <td>{e.tls ? "✓" : ""}</td>
                       <td>{e.description}</td>
                       <EditDeleteCell
                         onEdit={() => setEditing(e)}
@@ -58,7 +60,7 @@ export function AeTitles() {
                   ))}
                   {!own.length && (
                     <tr>
-                      <td colSpan={5} class="muted">
+                      <td colSpan={6} class="muted">
                         {t("noAe")}
                       </td>
                     </tr>
@@ -90,6 +92,7 @@ function AeForm(props: { entity: ApplicationEntity | null; institutions: Institu
   );
   const [host, setHost] = useState(entity?.host ?? "");
   const [port, setPort] = useState(entity?.port ? String(entity.port) : "");
+  const [tls, setTls] = useState(entity?.tls ?? false);
   const [description, setDescription] = useState(entity?.description ?? "");
   const save = useSave();
 
@@ -100,6 +103,7 @@ function AeForm(props: { entity: ApplicationEntity | null; institutions: Institu
       host: host.trim() || null,
       // Not a number: sent as typed so the hub's refusal names the field.
       port: port.trim() ? (/^\d+$/.test(port.trim()) ? Number(port) : port) : null,
+      tls,
       description,
     };
     const ok = await save.run(() =>
@@ -123,6 +127,7 @@ function AeForm(props: { entity: ApplicationEntity | null; institutions: Institu
       <InstitutionSelect label={t("institution")} name="institution" institutions={institutions} value={place} onChange={setPlace} />
       <TextField label={t("host")} name="host" class="mono" value={host} placeholder={t("hostHint")} onValue={setHost} />
       <TextField label={t("port")} name="port" inputMode="numeric" value={port} onValue={setPort} />
+      <CheckField label={t("tlsHint")} name="tls" checked={tls} onChecked={setTls} />
       <TextField label={t("description")} name="description" value={description} onValue={setDescription} />
     </AdminForm>
   );

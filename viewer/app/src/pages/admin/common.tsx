@@ -37,6 +37,7 @@ export interface ApplicationEntity {
   institution_id: number;
   host: string | null;
   port: number | null;
+  tls: boolean;
   description: string;
 }
 
