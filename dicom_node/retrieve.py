@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import pynetdicom.association
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filereader import data_element_generator
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -48,6 +47,7 @@ from dicom_node.transcode import (
     transcode,
 )
 from telehealth.archive.service import visible_study
+from telehealth.archive.service.header import dataset_offset
 from telehealth.auth import service as auth
 from telehealth.auth.models import AuditOutcome
 from telehealth.db import transaction
@@ -194,18 +194,6 @@ def target_of(match: dict[str, Any]) -> Target:
 # --- sending the bytes as stored ----------------------------------------------------------------
 
 
-def _dataset_offset(data: bytes) -> int:
-    """Where the dataset starts in a Part 10 file: after preamble, 'DICM' and group 0002."""
-    offset = 132 if data[128:132] == b"DICM" else 0
-    fp = io.BytesIO(data)
-    fp.seek(offset)
-    for _ in data_element_generator(
-        fp, False, True, stop_when=lambda tag, vr, length: tag.group != 2
-    ):
-        pass
-    return fp.tell()
-
-
 class StoredInstance(Dataset):
     """An instance to send with C-STORE as already encoded bytes, not re-encoded by pydicom.
 
@@ -237,7 +225,7 @@ class StoredInstance(Dataset):
                 f"no context accepted for it as stored ({stored}) or uncompressed"
             )
         if syntax == stored:
-            return cls(target, data[_dataset_offset(data) :], syntax)
+            return cls(target, data[dataset_offset(data) :], syntax)
         return cls(target, transcode(data, syntax), syntax)
 
     def encoded(self, is_implicit_vr: bool, is_little_endian: bool, deflated: bool) -> bytes | None:

@@ -184,7 +184,7 @@ def _check_complete(data: bytes | bytearray, transfer_syntax: UID) -> None:
     pydicom stops quietly at a short read and skips over values it defers; comparing each
     element's declared length with the bytes left catches a cut-off stream anywhere.
     """
-    offset = _dataset_offset(data)
+    offset = dataset_offset(data)
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)  # PS3.5 §A.5: raw deflate, no header
         try:
@@ -224,7 +224,7 @@ def _check_complete(data: bytes | bytearray, transfer_syntax: UID) -> None:
         raise MalformedInstance("dataset ends inside an element header")
 
 
-def _dataset_offset(data: bytes | bytearray) -> int:
+def dataset_offset(data: bytes | bytearray) -> int:
     """Where the dataset starts: after the preamble, 'DICM' and the group 0002 file meta."""
     offset = 132 if data[128:132] == b"DICM" else 0
     fp = io.BytesIO(data)
