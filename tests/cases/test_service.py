@@ -16,6 +16,7 @@ from telehealth.auth import service as auth
 from telehealth.auth.models import AuditEvent, AuditOutcome, Role
 from telehealth.cases import service as cases
 from telehealth.cases.models import (
+    PRIORITY_RANK,
     CaseEventKind,
     CaseOrigin,
     CasePriority,
@@ -319,6 +320,77 @@ def test_claim_next_takes_the_most_urgent_free_case(world: World) -> None:
     assert got is not None and got.case_id == routine
     assert cases.claim_next(world.session, img1, world.ctx) is None
     assert cases.claim_next(world.session, world.actor("ecg1"), world.ctx) is None
+
+
+def test_claim_next_binds_each_readers_own_queue(world: World) -> None:
+    # The queue statement is built once for all readers: each call must bind its reader.
+    ct = world.request(world.study()).id
+    ecg = world.request(world.study(modality="ECG"), service=CaseService.ECG).id
+    first = cases.claim_next(world.session, world.actor("ecg1"), world.ctx)
+    assert first is not None and (first.case_id, first.holder) == (ecg, "ecg1")
+    assert cases.claim_next(world.session, world.actor("ecg2"), world.ctx) is None
+    second = cases.claim_next(world.session, world.actor("img1"), world.ctx)
+    assert second is not None and (second.case_id, second.holder) == (ct, "img1")
+    assert cases.claim_next(world.session, world.actor("city1"), world.ctx) is None
+
+
+def test_a_claimed_case_already_in_the_session_shows_the_claim(world: World) -> None:
+    # claim_next writes with a plain statement; the Case this session loaded must not keep
+    # the queued state it had before.
+    case = world.request(world.study())
+    assert case.status == CaseStatus.QUEUED
+    got = cases.claim_next(world.session, world.actor("img1"), world.ctx)
+    assert got is not None and got.case_id == case.id
+    assert case.status == CaseStatus.CLAIMED
+    assert (case.claim_holder_id, case.lease_token) == (world.users["img1"].id, 1)
+    assert case.lease_expires_at == got.lease_expires_at
+    history = cases.case_history(world.session, world.actor("admin"), case.id)
+    assert history[-1].kind == CaseEventKind.CLAIMED
+    assert history[-1].detail == {
+        "lease_token": 1,
+        "lease_expires_at": got.lease_expires_at.isoformat(),
+    }
+
+
+def test_claim_next_sees_what_the_session_left_unflushed(world: World) -> None:
+    world.request(world.study())
+    later = world.request(world.study())
+    world.session.flush()
+    later.priority, later.priority_rank = CasePriority.STAT, PRIORITY_RANK[CasePriority.STAT]
+    got = cases.claim_next(world.session, world.actor("img1"), world.ctx)
+    assert got is not None and got.case_id == later.id
+    assert later.priority == CasePriority.STAT and later.status == CaseStatus.CLAIMED
+
+
+def test_renew_and_release_out_of_scope_are_not_found_and_audited(world: World) -> None:
+    case = world.request(world.study())
+    claim = cases.claim(world.session, world.actor("img1"), case.id, world.ctx)
+    ecg1 = world.actor("ecg1")  # a reader of another group: the case is not his to see
+    with pytest.raises(cases.CaseNotFound):
+        cases.renew(world.session, ecg1, case.id, claim.lease_token, world.ctx)
+    with pytest.raises(cases.CaseNotFound):
+        cases.release(world.session, ecg1, case.id, claim.lease_token, world.ctx)
+    with pytest.raises(cases.CaseNotFound):
+        cases.release(world.session, world.actor("img1"), 999_999, None, world.ctx)
+    refused = world.session.scalars(
+        select(AuditEvent).where(AuditEvent.action.in_(["case.renew", "case.release"]))
+    ).all()
+    assert [(a.actor, a.action, a.outcome) for a in refused] == [
+        ("ecg1", "case.renew", AuditOutcome.DENIED),
+        ("ecg1", "case.release", AuditOutcome.DENIED),
+        ("img1", "case.release", AuditOutcome.FAILED),
+    ]
+    # The holder under a stale token: his case, not his lease.
+    with pytest.raises(cases.LeaseExpired):
+        cases.renew(world.session, world.actor("img1"), case.id, claim.lease_token + 1, world.ctx)
+    with pytest.raises(cases.LeaseExpired):
+        cases.release(world.session, world.actor("img1"), case.id, claim.lease_token + 1, world.ctx)
+    assert case.claim_holder_id == world.users["img1"].id
+    released = cases.release(
+        world.session, world.actor("img1"), case.id, claim.lease_token, world.ctx
+    )
+    assert released is case and case.status == CaseStatus.QUEUED
+    assert case.claim_holder_id is None and case.lease_expires_at is None
 
 
 def test_preliminary_then_signed(world: World) -> None:

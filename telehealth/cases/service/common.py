@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, false, select
+from sqlalchemy import ColumnElement, Executable, Integer, Select, bindparam, false, insert, select
 from sqlalchemy.orm import Session
 
 from telehealth.auth import service as auth
@@ -27,6 +27,7 @@ from telehealth.cases.models import (
 from telehealth.cases.scope import reader_cases
 from telehealth.cases.service.live import publish_after_commit
 from telehealth.clock import SYSTEM_CLOCK, Clock
+from telehealth.db import UTCDateTime
 from telehealth.ecg.service.triage import TriageThresholds
 from telehealth.errors import Conflict, Invalid, NotFound
 
@@ -167,13 +168,77 @@ def visible_cases(session: Session, actor: auth.Actor) -> ColumnElement[bool] | 
     A clinic sees the cases of its own studies; a reader those routed to his groups, and the
     one he holds (an admin may assign him a case of another group).
     """
-    if actor.role == Role.ADMIN:
-        return None
-    if actor.role == Role.TECHNICIAN:
+    kind = _scope_kind(actor)
+    if kind == "institution":
         return Case.institution_id == actor.institution_id
-    if actor.role == Role.SPECIALIST and actor.user_id is not None:
+    if kind == "reader":
+        assert actor.user_id is not None
         return reader_cases(actor.user_id)
-    return false()
+    return None if kind == "all" else false()
+
+
+_ScopeKind = Literal["all", "institution", "reader", "none"]
+
+
+def _scope_kind(actor: auth.Actor) -> _ScopeKind:
+    """Which cases the actor may see, by role (visible_cases, ScopedStatements)."""
+    if actor.role == Role.ADMIN:
+        return "all"
+    if actor.role == Role.TECHNICIAN:
+        return "institution"
+    if actor.role == Role.SPECIALIST and actor.user_id is not None:
+        return "reader"
+    return "none"
+
+
+# Bound parameters of the statements built once below: building a statement costs
+# SQLAlchemy more than the database takes to run one, and a claim cycle runs several.
+CASE_ID = bindparam("case_id", type_=Integer)
+USER_ID = bindparam("user_id", type_=Integer)
+INSTITUTION_ID = bindparam("institution_id", type_=Integer)
+NOW = bindparam("now", type_=UTCDateTime())
+
+
+def _bound_scope(kind: _ScopeKind) -> ColumnElement[bool] | None:
+    """visible_cases with bound parameters (USER_ID, INSTITUTION_ID) in place of values."""
+    if kind == "institution":
+        return Case.institution_id == INSTITUTION_ID
+    if kind == "reader":
+        # reader_cases takes the id; a bound parameter stands in for it here.
+        return reader_cases(cast(int, USER_ID))
+    return None if kind == "all" else false()
+
+
+class ScopedStatements:
+    """A statement limited to the cases the actor may see: one per kind of actor, built on
+    first use and kept; run it with scope_params(actor, ...)."""
+
+    def __init__(self, build: Callable[[ColumnElement[bool] | None], Executable]) -> None:
+        self._build = build
+        self._built: dict[_ScopeKind, Executable] = {}
+
+    def __call__(self, actor: auth.Actor) -> Executable:
+        kind = _scope_kind(actor)
+        statement = self._built.get(kind)
+        if statement is None:
+            statement = self._built[kind] = self._build(_bound_scope(kind))
+        return statement
+
+
+def scope_params(actor: auth.Actor, **params: Any) -> dict[str, Any]:
+    """The parameters of a ScopedStatements statement for the actor, and `params`."""
+    return {"user_id": actor.user_id, "institution_id": actor.institution_id, **params}
+
+
+def _case_query(scope: ColumnElement[bool] | None, *, for_update: bool) -> Select[Any]:
+    query = select(Case).where(Case.id == CASE_ID)
+    if scope is not None:
+        query = query.where(scope)
+    return query.with_for_update() if for_update else query
+
+
+_GET_CASE = ScopedStatements(lambda scope: _case_query(scope, for_update=False))
+_GET_CASE_FOR_UPDATE = ScopedStatements(lambda scope: _case_query(scope, for_update=True))
 
 
 def get_case(
@@ -181,13 +246,8 @@ def get_case(
 ) -> Case:
     """A case the actor may see. Raises CaseNotFound for a missing or out-of-scope case,
     recording the refusal in the audit trail under `action`."""
-    query = select(Case).where(Case.id == case_id)
-    clause = visible_cases(session, actor)
-    if clause is not None:
-        query = query.where(clause)
-    if for_update:
-        query = query.with_for_update()
-    case = session.scalar(query)
+    query = (_GET_CASE_FOR_UPDATE if for_update else _GET_CASE)(actor)
+    case = session.scalar(query, scope_params(actor, case_id=case_id))
     if case is None:
         exists = session.scalar(select(Case.id).where(Case.id == case_id)) is not None
         auth.audit(
@@ -205,33 +265,63 @@ def get_case(
 # --- history, notifications, live messages ----------------------------------------------------
 
 
+class CaseFields(Protocol):
+    """What history rows and live messages read of a case: a Case, or a row RETURNING these
+    columns (a claim takes no ORM object)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def group_id(self) -> int | None: ...
+    @property
+    def institution_id(self) -> int: ...
+    @property
+    def claim_holder_id(self) -> int | None: ...
+    @property
+    def due_at(self) -> datetime: ...
+
+
+# A plain INSERT, run at once: an ORM object would wait for the flush at commit, and the
+# unit of work costs more than the statement.
+_INSERT_EVENT = insert(CaseEvent)
+
+
 def record(
     session: Session,
-    case: Case,
+    case: CaseFields,
     kind: CaseEventKind,
     actor: auth.Actor | None,
     at: datetime,
     **detail: Any,
-) -> CaseEvent:
-    """Append one row to the case's history."""
-    event = CaseEvent(
-        case_id=case.id,
-        at=at,
-        kind=kind,
-        actor=actor.name if actor else "system",
-        user_id=actor.user_id if actor else None,
-        detail=detail,
+) -> None:
+    """Append one row to the case's history (the case must be in the database already)."""
+    session.connection().execute(
+        _INSERT_EVENT,
+        {
+            "case_id": case.id,
+            "at": at,
+            "kind": kind,
+            "actor": actor.name if actor else "system",
+            "user_id": actor.user_id if actor else None,
+            "detail": detail,
+        },
     )
-    session.add(event)
-    return event
 
 
-def announce(session: Session, ctx: CaseContext, kind: str, case: Case, **extra: Any) -> None:
+def announce(session: Session, ctx: CaseContext, kind: str, case: CaseFields, **extra: Any) -> None:
     """Tell live clients that a case changed, once the transaction commits.
 
     Messages carry no patient data: a client refetches its worklist, which is scoped and
     audited.
     """
+    if ctx.bus is None:  # nobody to tell: spare building the message
+        return
     message: dict[str, Any] = {
         "type": f"case.{kind}",
         "case_id": case.id,

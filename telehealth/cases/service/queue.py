@@ -6,8 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Protocol, cast
 
-from sqlalchemy import ColumnElement, exists, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Integer,
+    Select,
+    bindparam,
+    exists,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import case as sql_case
 from sqlalchemy.orm import Session
 
@@ -25,21 +36,27 @@ from telehealth.cases.models import (
     ReadingGroupMember,
 )
 from telehealth.cases.service.common import (
+    CASE_ID,
+    NOW,
+    USER_ID,
     CaseClosed,
     CaseContext,
+    CaseFields,
     ClaimHeld,
     GroupNotFound,
     InvalidRouting,
     LeaseExpired,
     NotClaimable,
+    ScopedStatements,
     announce,
     get_case,
     notify,
     record,
+    scope_params,
     username,
-    visible_cases,
 )
 from telehealth.cases.service.routing import READER_ROLES
+from telehealth.db import UTCDateTime
 from telehealth.errors import Forbidden
 
 
@@ -47,7 +64,7 @@ class FirstReader(Forbidden):
     """Double reading: whoever signed the case's first report may not take its second."""
 
 
-def _signed_by(user_id: int) -> ColumnElement[bool]:
+def _signed_by(user_id: ColumnElement[int]) -> ColumnElement[bool]:
     """The user signed a report of the case. An open case with a signed report waits for its
     second reading (telehealth.reports), and that must be someone else's."""
     return exists().where(
@@ -69,7 +86,16 @@ class Claim:
     lease_token: int
 
 
-def _claim_of(case: Case, holder: str) -> Claim:
+class _Leased(CaseFields, Protocol):
+    @property
+    def claimed_at(self) -> datetime | None: ...
+    @property
+    def lease_expires_at(self) -> datetime | None: ...
+    @property
+    def lease_token(self) -> int: ...
+
+
+def _claim_of(case: _Leased, holder: str) -> Claim:
     assert case.claim_holder_id is not None
     assert case.claimed_at is not None and case.lease_expires_at is not None
     return Claim(
@@ -82,38 +108,133 @@ def _claim_of(case: Case, holder: str) -> Claim:
     )
 
 
-def _try_claim(
-    session: Session, case_id: int, user_id: int, now: datetime, until: datetime
-) -> Case | None:
-    """The one statement that decides who holds a case: it matches only a free or lapsed
-    lease, so of two readers racing, the database lets exactly one change the row. Returns
-    the case as the winner left it (RETURNING: no second look), or None."""
-    return session.scalars(
-        update(Case)
+# --- statements, built once (common.ScopedStatements says why) ----------------------------
+
+_UNTIL = bindparam("until", type_=UTCDateTime())
+_TOKEN = bindparam("token", type_=Integer)
+_FREE = or_(Case.claim_holder_id.is_(None), Case.lease_expires_at <= NOW)  # or lapsed
+
+
+def _next_query(scope: ColumnElement[bool] | None) -> Select[int, int | None]:
+    """The first claimable case of the actor's queue: the eligibility rules in one
+    statement (only id and holder: the claim's RETURNING gives the rest)."""
+    query = (
+        select(Case.id, Case.claim_holder_id)
         .where(
-            Case.id == case_id,
             Case.status.in_(CLAIMABLE_STATUSES),
-            or_(Case.claim_holder_id.is_(None), Case.lease_expires_at <= now),
+            Case.group_id.is_not(None),
+            _FREE,
+            ~_signed_by(USER_ID),
         )
+        .order_by(Case.priority_rank, Case.due_at, Case.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return query if scope is None else query.where(scope)
+
+
+_NEXT = ScopedStatements(_next_query)
+_SIGNED_BY_ME = select(_signed_by(USER_ID)).where(Case.id == CASE_ID)
+
+# What a claim returns of the case: the Claim, its history row and its live message.
+_CLAIM_FIELDS = (
+    Case.id,
+    Case.status,
+    Case.priority,
+    Case.service,
+    Case.group_id,
+    Case.institution_id,
+    Case.claim_holder_id,
+    Case.due_at,
+    Case.claimed_at,
+    Case.lease_expires_at,
+    Case.lease_token,
+)
+_CLAIM = (
+    update(Case)
+    .where(Case.id == CASE_ID, Case.status.in_(CLAIMABLE_STATUSES), _FREE)
+    .values(
+        claim_holder_id=USER_ID,
+        claimed_at=NOW,
+        lease_expires_at=_UNTIL,
+        lease_token=Case.lease_token + 1,
+        # A preliminary report stays REPORTED: its holder is there to sign it.
+        status=sql_case(
+            (Case.status == CaseStatus.REPORTED, CaseStatus.REPORTED),
+            else_=CaseStatus.CLAIMED,
+        ),
+        updated_at=NOW,
+    )
+    .returning(*_CLAIM_FIELDS)
+)
+
+
+# Renew and release by the holder, with the lease token condition (fenced) or without (the
+# caller gave no token). They return the Case: the caller's loaded one, refreshed.
+def _renew_statement(fenced: bool) -> Executable:
+    conditions = [Case.id == CASE_ID, Case.claim_holder_id == USER_ID, Case.lease_expires_at > NOW]
+    if fenced:
+        conditions.append(Case.lease_token == _TOKEN)
+    return (
+        update(Case)
+        .where(*conditions)
+        .values(lease_expires_at=_UNTIL)
+        .returning(Case)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+
+
+def _release_statement(fenced: bool) -> Executable:
+    conditions = [Case.id == CASE_ID, Case.claim_holder_id == USER_ID]
+    if fenced:
+        conditions.append(Case.lease_token == _TOKEN)
+    return (
+        update(Case)
+        .where(*conditions)
         .values(
-            claim_holder_id=user_id,
-            claimed_at=now,
-            lease_expires_at=until,
-            lease_token=Case.lease_token + 1,
-            # A preliminary report stays REPORTED: its holder is there to sign it.
+            claim_holder_id=None,
+            lease_expires_at=None,
             status=sql_case(
-                (Case.status == CaseStatus.REPORTED, CaseStatus.REPORTED),
-                else_=CaseStatus.CLAIMED,
+                (Case.status == CaseStatus.CLAIMED, CaseStatus.QUEUED), else_=Case.status
             ),
-            updated_at=now,
+            updated_at=NOW,
         )
         .returning(Case)
         .execution_options(synchronize_session=False, populate_existing=True)
-    ).one_or_none()
+    )
+
+
+_RENEW = {fenced: _renew_statement(fenced) for fenced in (False, True)}
+_RELEASE = {fenced: _release_statement(fenced) for fenced in (False, True)}
+
+
+def _try_claim(
+    session: Session, case_id: int, user_id: int, now: datetime, until: datetime
+) -> _Leased | None:
+    """The one statement that decides who holds a case: it matches only a free or lapsed
+    lease, so of two readers racing, the database lets exactly one change the row. Returns
+    the case's fields as the winner left it (RETURNING: no second look), or None.
+
+    A plain statement with no ORM object loaded; a Case of this session that holds the row
+    is expired, so it reads the claim when next used."""
+    row = (
+        session.connection()
+        .execute(_CLAIM, {"case_id": case_id, "user_id": user_id, "now": now, "until": until})
+        .first()
+    )
+    if row is not None:
+        loaded = session.identity_map.get(session.identity_key(Case, case_id))
+        if loaded is not None:
+            session.expire(loaded)
+    return cast(_Leased | None, row)  # the row has the _CLAIM_FIELDS by name
 
 
 def _claimed(
-    session: Session, actor: auth.Actor, case: Case, previous: int | None, ctx: CaseContext
+    session: Session,
+    actor: auth.Actor,
+    case: _Leased,
+    previous: int | None,
+    ctx: CaseContext,
 ) -> Claim:
     now = ctx.now()
     detail: dict[str, object] = {
@@ -139,7 +260,7 @@ def claim(session: Session, actor: auth.Actor, case_id: int, ctx: CaseContext) -
     case = get_case(session, actor, case_id, action="case.claim")
     if case.status not in CLAIMABLE_STATUSES:
         raise NotClaimable(f"case {case_id} is {case.status}")
-    if session.scalar(select(_signed_by(actor.user_id)).where(Case.id == case_id)):
+    if session.scalar(_SIGNED_BY_ME, {"user_id": actor.user_id, "case_id": case_id}):
         raise FirstReader(f"you signed the first report of case {case_id}; another reader reads it")
     now = ctx.now()
     previous = case.claim_holder_id
@@ -163,24 +284,14 @@ def claim_next(session: Session, actor: auth.Actor, ctx: CaseContext) -> Claim |
     auth.require(actor, auth.Permission.CLAIM_CASES)
     assert actor.user_id is not None
     now = ctx.now()
-    clause = visible_cases(session, actor)
+    query = _NEXT(actor)
+    params = scope_params(actor, now=now)
+    # Plain statements do not autoflush: write what the caller left pending, as an ORM
+    # query would (nothing, usually, and then this costs next to nothing).
+    session.flush()
+    conn = session.connection()
     for _ in range(20):
-        # Only the id and holder: the claim's RETURNING loads the case as it then is.
-        query = (
-            select(Case.id, Case.claim_holder_id)
-            .where(
-                Case.status.in_(CLAIMABLE_STATUSES),
-                Case.group_id.is_not(None),
-                or_(Case.claim_holder_id.is_(None), Case.lease_expires_at <= now),
-                ~_signed_by(actor.user_id),
-            )
-            .order_by(Case.priority_rank, Case.due_at, Case.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if clause is not None:
-            query = query.where(clause)
-        row = session.execute(query).first()
+        row = conn.execute(query, params).first()
         if row is None:
             return None
         case_id, previous = row
@@ -197,24 +308,22 @@ def renew(
     says who holds the case, and a client renews every minute or two.
     Raises CaseNotFound, LeaseExpired (lapsed, or taken over under a newer token)."""
     auth.require(actor, auth.Permission.CLAIM_CASES)
-    case = get_case(session, actor, case_id, action="case.renew")
     now = ctx.now()
-    conditions = [
-        Case.id == case_id,
-        Case.claim_holder_id == actor.user_id,
-        Case.lease_expires_at > now,
-    ]
-    if lease_token is not None:
-        conditions.append(Case.lease_token == lease_token)
-    result = session.execute(
-        update(Case)
-        .where(*conditions)
-        .values(lease_expires_at=now + ctx.config.lease)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    # The holder always sees his case (reader_cases), so a renewal that matches needs no
+    # scope check first; one that does not tells an unseen case from a lapsed lease after.
+    case = session.scalars(
+        _RENEW[lease_token is not None],
+        {
+            "case_id": case_id,
+            "user_id": actor.user_id,
+            "now": now,
+            "until": now + ctx.config.lease,
+            "token": lease_token,
+        },
+    ).one_or_none()
+    if case is None:
+        get_case(session, actor, case_id, action="case.renew")
         raise LeaseExpired(f"your claim on case {case_id} has expired; claim it again")
-    session.refresh(case)
     return _claim_of(case, actor.name)
 
 
@@ -224,27 +333,15 @@ def release(
     """Give a claimed case back to the queue. Raises CaseNotFound, LeaseExpired (someone else
     holds it now, or nobody does)."""
     auth.require(actor, auth.Permission.CLAIM_CASES)
-    case = get_case(session, actor, case_id, action="case.release")
     now = ctx.now()
-    conditions = [Case.id == case_id, Case.claim_holder_id == actor.user_id]
-    if lease_token is not None:
-        conditions.append(Case.lease_token == lease_token)
-    result = session.execute(
-        update(Case)
-        .where(*conditions)
-        .values(
-            claim_holder_id=None,
-            lease_expires_at=None,
-            status=sql_case(
-                (Case.status == CaseStatus.CLAIMED, CaseStatus.QUEUED), else_=Case.status
-            ),
-            updated_at=now,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    # As in renew: only the holder's release matches, and the holder sees his case.
+    case = session.scalars(
+        _RELEASE[lease_token is not None],
+        {"case_id": case_id, "user_id": actor.user_id, "now": now, "token": lease_token},
+    ).one_or_none()
+    if case is None:
+        get_case(session, actor, case_id, action="case.release")
         raise LeaseExpired(f"you do not hold case {case_id}")
-    session.refresh(case)
     record(session, case, CaseEventKind.RELEASED, actor, now)
     auth.audit(session, actor, "case.release", object_type="case", object_id=str(case.id))
     announce(session, ctx, "released", case, previous_claim_holder_id=actor.user_id)
