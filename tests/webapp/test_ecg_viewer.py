@@ -109,6 +109,10 @@ def test_paper_is_calibrated_against_the_samples(web: Web, browser: Any) -> None
     sop = add_ecg(web)
     page = logged_in(browser, web, "admin", locale="en")
     canvas = open_ecg(page, web, sop)
+    # The page as it settles: measurements and header arrive after the traces and change the
+    # layout around the paper (a screenshot taken meanwhile has failed once in 7 runs).
+    page.get_by_test_id("ecg-measurements").locator('[data-field="heart_rate_bpm"]').wait_for()
+    page.get_by_test_id("ecg-patient").wait_for()
     img = pixels(canvas)
     screenshot(page, "ecg-3x4-en")
 
