@@ -11,18 +11,22 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from telehealth.app import create_app
 from telehealth.archive.models import IngestSource
 from telehealth.archive.service import Origin
+from telehealth.auth import service as auth
+from telehealth.auth.models import Role
 from telehealth.clock import FakeClock
 from telehealth.config import Settings
 from telehealth.db import create_db_engine, make_session_factory, migrate, transaction
@@ -190,6 +194,40 @@ def consortium(hub: Hub) -> dict[str, int]:
     with transaction(hub.factory) as session:
         ids = seed_consortium(session)
     return ids
+
+
+def hub_with_users(
+    hub_factory: Callable[..., Hub], clock: FakeClock, users: list[tuple[str, Role, str]]
+) -> Hub:
+    """A hub for tests that speak HTTP only (no DICOM node: it costs start-up time), with the
+    seeded consortium and `users` (username, role, institution code), each with
+    USER_PASSWORD."""
+    hub = hub_factory(dicom=False, clock=clock)
+    with transaction(hub.factory) as session:
+        seed_consortium(session)
+        for username, role, code in users:
+            auth.create_user(
+                session, username=username, password=USER_PASSWORD, role=role, institution_code=code
+            )
+    return hub
+
+
+USER_PASSWORD = "a-long-password"
+
+
+@pytest.fixture
+def client(hub: Hub) -> Iterator[TestClient]:
+    """The hub's HTTP app in process (the module's own `hub` fixture, where it has one)."""
+    with TestClient(create_app(hub)) as client:
+        yield client
+
+
+def login_token(client: TestClient, username: str, password: str = USER_PASSWORD) -> str:
+    """A bearer token; the login cookie is dropped so each call says who it is."""
+    response = client.post("/api/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    client.cookies.clear()
+    return str(response.json()["access_token"])
 
 
 def seed_consortium(session: Session) -> dict[str, int]:

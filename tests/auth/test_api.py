@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from fastapi import FastAPI
@@ -11,7 +11,6 @@ from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from telehealth.app import create_app
 from telehealth.auth import service as auth
 from telehealth.auth.models import AuditEvent, AuditOutcome, Role, User
 from telehealth.clock import FakeClock
@@ -19,9 +18,9 @@ from telehealth.db import transaction
 from telehealth.deps import SESSION_COOKIE
 from telehealth.hub import Hub
 from telehealth.institutions.models import ApplicationEntity, Institution
-from tests.conftest import seed_consortium
+from tests.conftest import USER_PASSWORD, hub_with_users
 
-PASSWORD = "a-long-password"
+PASSWORD = USER_PASSWORD
 # Routes anyone may call. Every other route must answer 401 without a login.
 PUBLIC = {
     ("GET", "/api/health"),
@@ -43,25 +42,15 @@ DOCS = {"/api/docs", "/docs/oauth2-redirect", "/api/openapi.json", "/api/redoc"}
 
 @pytest.fixture
 def hub(hub_factory: Callable[..., Hub], clock: FakeClock) -> Hub:
-    """No DICOM node: these tests only speak HTTP, and the node costs start-up time."""
-    hub = hub_factory(dicom=False, clock=clock)
-    with transaction(hub.factory) as session:
-        seed_consortium(session)
-        for username, role, code in [
+    return hub_with_users(
+        hub_factory,
+        clock,
+        [
             ("admin", Role.ADMIN, "COUNTY"),
             ("spec", Role.SPECIALIST, "COUNTY"),
             ("tech", Role.TECHNICIAN, "CLINIC_A"),
-        ]:
-            auth.create_user(
-                session, username=username, password=PASSWORD, role=role, institution_code=code
-            )
-    return hub
-
-
-@pytest.fixture
-def client(hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(hub)) as client:
-        yield client
+        ],
+    )
 
 
 def _login(client: TestClient, username: str, password: str = PASSWORD) -> str:

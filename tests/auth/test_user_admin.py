@@ -3,49 +3,35 @@ every change audited. The real app on a real hub (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from telehealth.app import create_app
-from telehealth.auth import service as auth
 from telehealth.auth.models import AuditEvent, Role, User
 from telehealth.clock import FakeClock
 from telehealth.db import transaction
 from telehealth.hub import Hub
-from tests.conftest import seed_consortium
+from tests.conftest import USER_PASSWORD, hub_with_users, login_token
 
-PASSWORD = "a-long-password"
+PASSWORD = USER_PASSWORD
 
 
 @pytest.fixture
 def hub(hub_factory: Callable[..., Hub], clock: FakeClock) -> Hub:
-    hub = hub_factory(dicom=False, clock=clock)
-    with transaction(hub.factory) as session:
-        seed_consortium(session)
-        for username, role, code in [
+    return hub_with_users(
+        hub_factory,
+        clock,
+        [
             ("admin", Role.ADMIN, "COUNTY"),
             ("tech", Role.TECHNICIAN, "CLINIC_A"),
-        ]:
-            auth.create_user(
-                session, username=username, password=PASSWORD, role=role, institution_code=code
-            )
-    return hub
-
-
-@pytest.fixture
-def client(hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(hub)) as client:
-        yield client
+        ],
+    )
 
 
 def _token(client: TestClient, username: str, password: str = PASSWORD) -> str:
-    response = client.post("/api/auth/login", json={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    client.cookies.clear()  # each call says who it is with its bearer token
-    return str(response.json()["access_token"])
+    return login_token(client, username, password)
 
 
 def _as(token: str) -> dict[str, str]:

@@ -3,50 +3,34 @@ every change audited, and the DICOM caller check follows the new registration.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from telehealth.app import create_app
-from telehealth.auth import service as auth
 from telehealth.auth.models import AuditEvent, Role
 from telehealth.clock import FakeClock
 from telehealth.db import transaction
 from telehealth.hub import Hub
 from telehealth.institutions import service as institutions
-from tests.conftest import seed_consortium
-
-PASSWORD = "a-long-password"
+from tests.conftest import hub_with_users, login_token
 
 
 @pytest.fixture
 def hub(hub_factory: Callable[..., Hub], clock: FakeClock) -> Hub:
-    hub = hub_factory(dicom=False, clock=clock)
-    with transaction(hub.factory) as session:
-        seed_consortium(session)
-        for username, role, code in [
+    return hub_with_users(
+        hub_factory,
+        clock,
+        [
             ("admin", Role.ADMIN, "COUNTY"),
             ("tech", Role.TECHNICIAN, "CLINIC_A"),
-        ]:
-            auth.create_user(
-                session, username=username, password=PASSWORD, role=role, institution_code=code
-            )
-    return hub
-
-
-@pytest.fixture
-def client(hub: Hub) -> Iterator[TestClient]:
-    with TestClient(create_app(hub)) as client:
-        yield client
+        ],
+    )
 
 
 def _as(client: TestClient, username: str) -> dict[str, str]:
-    response = client.post("/api/auth/login", json={"username": username, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    client.cookies.clear()
-    return {"authorization": f"Bearer {response.json()['access_token']}"}
+    return {"authorization": f"Bearer {login_token(client, username)}"}
 
 
 def _tree(client: TestClient, headers: dict[str, str]) -> dict[str, dict[str, object]]:
