@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, and_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from telehealth.auth.models import User
 from telehealth.cases.models import OPEN_STATUSES, Case, CaseStatus
@@ -81,9 +81,10 @@ def _share(due: int, met: int) -> Share:
     return Share(due, met, round(met / due, 4) if due else None)
 
 
-def _acknowledgement(
-    rows: list[tuple[CriticalStatus, datetime, datetime | None]],
-) -> Acknowledgement:
+CriticalRow = tuple[CriticalStatus, datetime, datetime | None]  # status, flagged, acknowledged
+
+
+def _acknowledgement(rows: list[CriticalRow]) -> Acknowledgement:
     waits = [
         _minutes(flagged, acked)
         for status, flagged, acked in rows
@@ -96,6 +97,23 @@ def _acknowledgement(
         p50=percentile(waits, 0.5),
         p90=percentile(waits, 0.9),
     )
+
+
+def _critical_by(
+    session: Session, key: InstrumentedAttribute[int], scope: ColumnElement[bool]
+) -> dict[int, list[CriticalRow]]:
+    """The critical results in scope, grouped by `key` (the clinic, or who flagged them)."""
+    grouped: dict[int, list[CriticalRow]] = {}
+    for owner, status, flagged, acked in session.execute(
+        select(
+            key,
+            CriticalResult.status,
+            CriticalResult.flagged_at,
+            CriticalResult.acknowledged_at,
+        ).where(scope)
+    ):
+        grouped.setdefault(owner, []).append((CriticalStatus(status), flagged, acked))
+    return grouped
 
 
 def by_clinic(
@@ -112,16 +130,7 @@ def by_clinic(
         ).where(case_scope)
     ):
         cases.setdefault(inst_id, []).append((created, closed, CaseStatus(case_status), due))
-    critical: dict[int, list[tuple[CriticalStatus, datetime, datetime | None]]] = {}
-    for inst_id, status, flagged, acked in session.execute(
-        select(
-            CriticalResult.institution_id,
-            CriticalResult.status,
-            CriticalResult.flagged_at,
-            CriticalResult.acknowledged_at,
-        ).where(critical_scope)
-    ):
-        critical.setdefault(inst_id, []).append((CriticalStatus(status), flagged, acked))
+    critical = _critical_by(session, CriticalResult.institution_id, critical_scope)
     ids = set(cases) | set(critical)
     if not ids:
         return []
@@ -168,16 +177,7 @@ def by_reader(
     ):
         if user_id is not None and signed_at is not None:  # both hold for a signed report
             signed.setdefault(user_id, []).append((created, signed_at, due))
-    critical: dict[int, list[tuple[CriticalStatus, datetime, datetime | None]]] = {}
-    for user_id, status, flagged, acked in session.execute(
-        select(
-            CriticalResult.flagged_by_id,
-            CriticalResult.status,
-            CriticalResult.flagged_at,
-            CriticalResult.acknowledged_at,
-        ).where(critical_scope)
-    ):
-        critical.setdefault(user_id, []).append((CriticalStatus(status), flagged, acked))
+    critical = _critical_by(session, CriticalResult.flagged_by_id, critical_scope)
     ids = set(signed) | set(critical)
     if not ids:
         return []
