@@ -22,6 +22,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
 
 T = TypeVar("T")
 
@@ -213,3 +214,55 @@ class TcpProxy:
             with self._lock:
                 self._conns.discard(source)
             source.close()
+
+
+def _nodelay(event: evt.Event) -> None:
+    # pynetdicom leaves Nagle on; each C-STORE would then stall on a delayed ACK (~40 ms).
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def send(
+    port: int,
+    calling: str,
+    instances: list[bytes],
+    *,
+    on_success: Callable[[int], object] | None = None,
+    timeout: float | None = 120,
+) -> list[str]:
+    """C-STORE over one association; the SOP Instance UIDs answered Success, in order.
+
+    Stops quietly when the node goes away mid-association (tests kill nodes).
+    `on_success(count)` is called after each Success (to kill something mid-way). `timeout`
+    (ACSE, DIMSE and network) is generous by default: a spool fsync can stall for seconds on
+    a disk other work keeps busy; None keeps pynetdicom's own.
+    """
+    ae = AE(calling)
+    # The syntax make_series writes: each dataset goes out as encoded, never re-encoded.
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    if timeout is not None:
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    datasets = [dcmread(io.BytesIO(data)) for data in instances]
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title="TELEHEALTH", evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+    )
+    acknowledged: list[str] = []
+    if not assoc.is_established:
+        return acknowledged
+    try:
+        for ds in datasets:
+            if not assoc.is_established:
+                break
+            try:
+                status = assoc.send_c_store(ds)
+            except (RuntimeError, OSError):
+                break  # the peer vanished mid-request
+            if getattr(status, "Status", None) == 0x0000:
+                acknowledged.append(str(ds.SOPInstanceUID))
+                if on_success is not None:
+                    on_success(len(acknowledged))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return acknowledged

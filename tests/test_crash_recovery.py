@@ -6,10 +6,8 @@ kill the store) and the test's database; a pynetdicom SCU sends, another thread 
 
 from __future__ import annotations
 
-import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,19 +15,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
-from pydicom import Dataset, dcmread
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
 from sqlalchemy import select
 
 from telehealth.archive.models import Instance, StorageState
 from telehealth.db import create_db_engine
 from telehealth.storage import ObjectStore, S3Endpoint
 from tests.conftest import free_port
-from tests.faults import dataset_sha256, make_series, sop_uid, wait_for
+from tests.faults import dataset_sha256, make_series, send, sop_uid, wait_for
 
 TELEHEALTH = str(Path(sys.executable).parent / "telehealth")
 SLICES = 200
@@ -141,27 +135,15 @@ def served(env: dict[str, str], data_dir: Path, log: Path) -> Iterator[ServedHub
         hub.kill()  # a no-op when the test already stopped it
 
 
-def _nodelay(event: Any) -> None:
-    # pynetdicom leaves Nagle on; each C-STORE would then stall on a delayed ACK (~40 ms).
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _send(
-    port: int, datasets: list[Dataset], *, kill_after: int | None = None, victim: ServedHub | None
+    port: int, instances: list[bytes], *, kill_after: int | None = None, victim: ServedHub | None
 ) -> set[str]:
-    """C-STORE over one association; the SOP Instance UIDs answered Success.
+    """C-STORE over one association (pynetdicom's own timeouts: a C-STORE unanswered for
+    30 s fails the test); the SOP Instance UIDs answered Success.
 
     With `kill_after`, another thread SIGKILLs the hub once that many were answered, while
     the sender keeps going, so the kill lands with a C-STORE in flight.
     """
-    ae = AE("CLINIC_A_DR")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate(
-        "127.0.0.1", port, ae_title="TELEHEALTH", evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
-    )
-    assert assoc.is_established
     enough = threading.Event()
     killer: threading.Thread | None = None
     if kill_after is not None and victim is not None:
@@ -172,26 +154,17 @@ def _send(
 
         killer = threading.Thread(target=kill, daemon=True)
         killer.start()
-    succeeded: set[str] = set()
+
+    def counted(count: int) -> None:
+        if kill_after is not None and count >= kill_after:
+            enough.set()
+
     try:
-        for ds in datasets:
-            if not assoc.is_established:
-                break
-            try:
-                status = assoc.send_c_store(ds)
-            except (RuntimeError, OSError):
-                break  # the peer vanished mid-request
-            if getattr(status, "Status", None) == 0x0000:
-                succeeded.add(str(ds.SOPInstanceUID))
-                if kill_after is not None and len(succeeded) >= kill_after:
-                    enough.set()
+        return set(send(port, "CLINIC_A_DR", instances, on_success=counted, timeout=None))
     finally:
         enough.set()
-        if assoc.is_established:
-            assoc.release()
         if killer is not None:
             killer.join(timeout=10)
-    return succeeded
 
 
 def _index(database_url: str) -> dict[str, tuple[StorageState, str]]:
@@ -214,10 +187,9 @@ def test_sigkill_mid_association_loses_nothing_answered_success(
     _register_clinic(env, data_dir)
     instances = make_series(SLICES, patient_id="CRASH1")
     sent = {sop_uid(data): data for data in instances}
-    datasets = [dcmread(io.BytesIO(data)) for data in instances]
 
     with served(env, data_dir, tmp_path / "serve-1.log") as hub:
-        succeeded = _send(hub.dicom_port, datasets, kill_after=KILL_AFTER, victim=hub)
+        succeeded = _send(hub.dicom_port, instances, kill_after=KILL_AFTER, victim=hub)
         assert hub.process.wait(timeout=10) == -signal.SIGKILL
     # The kill landed mid-association (on failure: what the hub logged, the first suspect).
     hub_log = (tmp_path / "serve-1.log").read_text(errors="replace")[-3000:]
@@ -230,8 +202,8 @@ def test_sigkill_mid_association_loses_nothing_answered_success(
         checked = _cli(env, "fsck", "--data-dir", str(data_dir))
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
-        rest = [ds for ds in datasets if str(ds.SOPInstanceUID) not in succeeded]
-        assert _send(hub.dicom_port, rest, victim=None) == {str(ds.SOPInstanceUID) for ds in rest}
+        rest = [data for uid, data in sent.items() if uid not in succeeded]
+        assert _send(hub.dicom_port, rest, victim=None) == set(sent) - succeeded
         hub.wait_drained()
         checked = _cli(env, "fsck", "--deep", "--data-dir", str(data_dir))
         assert checked.returncode == 0, checked.stdout + checked.stderr

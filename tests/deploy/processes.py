@@ -8,7 +8,6 @@ multi-process test does.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import socket
@@ -20,12 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import httpx
-from pydicom import dcmread
-from pydicom.uid import CTImageStorage
-from pynetdicom import AE, evt
 from sqlalchemy import create_engine, make_url, text
 
 from telehealth.auth.models import Role
@@ -209,45 +204,3 @@ def login(api_url: str, username: str) -> str:
     )
     answer.raise_for_status()
     return str(answer.json()["access_token"])
-
-
-def _nodelay(event: Any) -> None:
-    # pynetdicom leaves Nagle on; each C-STORE would then stall on a delayed ACK (~40 ms).
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def send(port: int, calling: str, instances: list[bytes], *, on_success: Any = None) -> list[str]:
-    """C-STORE over one association; the SOP Instance UIDs answered Success, in order.
-
-    Stops quietly when the node goes away mid-association (the test kills nodes).
-    `on_success(count)` is called after each Success (to kill something mid-way).
-    """
-    ae = AE(calling)
-    ae.add_requested_context(CTImageStorage)
-    # Generous: a spool fsync can stall for seconds on a disk other work keeps busy.
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-    datasets = [dcmread(io.BytesIO(data)) for data in instances]
-    assoc = ae.associate(
-        "127.0.0.1", port, ae_title="TELEHEALTH", evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
-    )
-    acknowledged: list[str] = []
-    if not assoc.is_established:
-        return acknowledged
-    try:
-        for ds in datasets:
-            if not assoc.is_established:
-                break
-            try:
-                status = assoc.send_c_store(ds)
-            except (RuntimeError, OSError):
-                break  # the peer vanished mid-request
-            if getattr(status, "Status", None) == 0x0000:
-                acknowledged.append(str(ds.SOPInstanceUID))
-                if on_success is not None:
-                    on_success(len(acknowledged))
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return acknowledged

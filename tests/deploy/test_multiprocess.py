@@ -25,8 +25,8 @@ from telehealth.cases.models import Case, CaseEvent, CaseEventKind
 from telehealth.db import create_db_engine, make_session_factory, transaction
 from telehealth.storage import ObjectStore, S3Endpoint
 from tests.conftest import POSTGRES_URL, _postgres_reachable
-from tests.deploy.processes import READERS, Cluster, Process, fresh_database, login, seed, send
-from tests.faults import make_series, sop_uid, wait_for
+from tests.deploy.processes import READERS, Cluster, Process, fresh_database, login, seed
+from tests.faults import make_series, send, sop_uid, wait_for
 
 # Under 1 min on an idle 2-core machine; generous for a loaded CI run.
 pytestmark = pytest.mark.timeout(600)
