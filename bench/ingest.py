@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -173,6 +174,25 @@ def _descendants(pid: int) -> list[int]:
     return result
 
 
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process tree (utime + stime in /proc/PID/stat)."""
+    ticks = 0
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (the storescu pushers)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class RssSampler(threading.Thread):
     """Peak of the summed RSS of a process tree, skipping processes named in `exclude`."""
 
@@ -211,6 +231,17 @@ class Push:
     bytes: int
     ok: int
     failed: int
+    client_cpu_s: float = 0.0  # the storescu processes
+    server_cpu_s: float = 0.0  # the receiver's process tree, while the push ran
+
+    @property
+    def server_cpu_ms(self) -> float:
+        """Receiver CPU per acknowledged instance."""
+        return 1000 * self.server_cpu_s / max(self.ok, 1)
+
+    @property
+    def client_cpu_ms(self) -> float:
+        return 1000 * self.client_cpu_s / max(self.ok, 1)
 
     @property
     def inst_s(self) -> float:
@@ -221,14 +252,16 @@ class Push:
         return self.bytes * self.ok / max(self.files, 1) / 1e6 / self.wall_s
 
 
-def push(port: int, aec: str, folders: list[Path], logdir: Path, tag: str) -> Push:
-    """One storescu process (one association) per folder, all started at once."""
+def push(port: int, aec: str, folders: list[Path], logdir: Path, tag: str, server_pid: int) -> Push:
+    """One storescu process (one association) per folder, all started at once; CPU is
+    counted for the pushers and for the receiver's process tree (`server_pid`)."""
     env = dict(os.environ, TCP_NODELAY="1")
     files = size = 0
     for folder in folders:
         n, b = dir_stats(folder)
         files, size = files + n, size + b
     logs = [logdir / f"{tag}-{i}.log" for i in range(len(folders))]
+    client_cpu0, server_cpu0 = children_cpu_s(), tree_cpu_s(server_pid)
     t0 = time.perf_counter()
     procs = []
     for folder, log in zip(folders, logs, strict=False):
@@ -258,6 +291,8 @@ def push(port: int, aec: str, folders: list[Path], logdir: Path, tag: str) -> Pu
         proc.wait()
         _children.remove(proc)
     wall = time.perf_counter() - t0
+    server_cpu = tree_cpu_s(server_pid) - server_cpu0
+    client_cpu = children_cpu_s() - client_cpu0
     ok = failed = 0
     for log in logs:
         text = log.read_text(errors="replace")
@@ -270,7 +305,7 @@ def push(port: int, aec: str, folders: list[Path], logdir: Path, tag: str) -> Pu
             f"WARNING: {tag}: {files - ok} of {files} not acknowledged (logs in {logdir})",
             file=sys.stderr,
         )
-    return Push(wall, files, size, ok, failed)
+    return Push(wall, files, size, ok, failed, client_cpu, server_cpu)
 
 
 # --- targets --------------------------------------------------------------------------------
@@ -362,9 +397,9 @@ def run_hub(work: Path, one: Path, fours: list[Path], env_extra: dict[str, str])
             )
             return time.perf_counter() - t_end
 
-        result.one = push(dicom_port, "TELEHEALTH", [one], work, "hub1")
+        result.one = push(dicom_port, "TELEHEALTH", [one], work, "hub1", hub.pid)
         result.drain_one_s = drain(time.perf_counter())
-        result.four = push(dicom_port, "TELEHEALTH", fours, work, "hub4")
+        result.four = push(dicom_port, "TELEHEALTH", fours, work, "hub4", hub.pid)
         result.drain_four_s = drain(time.perf_counter())
         result.peak_rss_mb = sampler.stop() / 1024
         result.hwm_mb = int(_status(hub.pid)["VmHWM"].split()[0]) / 1024
@@ -419,8 +454,8 @@ def run_orthanc(work: Path, one: Path, fours: list[Path]) -> Result:
         sampler = RssSampler(proc.pid, exclude=())
         sampler.start()
         result = Result()
-        result.one = push(dicom_port, "ORTHANC", [one], work, "orthanc1")
-        result.four = push(dicom_port, "ORTHANC", fours, work, "orthanc4")
+        result.one = push(dicom_port, "ORTHANC", [one], work, "orthanc1", proc.pid)
+        result.four = push(dicom_port, "ORTHANC", fours, work, "orthanc4", proc.pid)
         result.peak_rss_mb = sampler.stop() / 1024
         return result
     finally:
@@ -524,6 +559,8 @@ def report(
                 med([p.mb_s for p in pushes]),
                 sum(p.ok for p in pushes),
                 sum(p.files for p in pushes),
+                med([p.server_cpu_ms for p in pushes]),
+                med([p.client_cpu_ms for p in pushes]),
             )
         )
 
@@ -531,9 +568,17 @@ def report(
     row(f"orthanc 1 assoc ({slices})", orthancs, "one")
     row(f"hub 4 assoc (4x{four})", hubs, "four")
     row(f"orthanc 4 assoc (4x{four})", orthancs, "four")
-    print(f"{'target':<28}{'wall s':>9}{'inst/s':>9}{'MB/s':>8}{'acked':>12}")
-    for name, wall, ips, mbs, ok, files in rows:
-        print(f"{name:<28}{wall:>9.2f}{ips:>9.1f}{mbs:>8.1f}{f'{ok}/{files}':>12}")
+    # CPU: milliseconds per acknowledged instance, of the receiver's processes (the hub's
+    # include the idle S3 server) and of the storescu pushers, which share the same cores.
+    print(
+        f"{'target':<28}{'wall s':>9}{'inst/s':>9}{'MB/s':>8}{'acked':>12}"
+        f"{'cpu ms/inst':>13}{'storescu':>10}"
+    )
+    for name, wall, ips, mbs, ok, files, server_ms, client_ms in rows:
+        print(
+            f"{name:<28}{wall:>9.2f}{ips:>9.1f}{mbs:>8.1f}{f'{ok}/{files}':>12}"
+            f"{server_ms:>13.2f}{client_ms:>10.2f}"
+        )
     print(
         f"hub drain to object store after 1 assoc push: {med([h.drain_one_s for h in hubs]):.2f} s;"
         f" after 4 assoc push: {med([h.drain_four_s for h in hubs]):.2f} s"
@@ -572,6 +617,10 @@ def report(
         f"hub_peak_rss_mb={med([h.peak_rss_mb for h in hubs]):.0f} "
         f"hub_drain_1assoc_s={med([h.drain_one_s for h in hubs]):.2f} "
         f"hub_drain_4assoc_s={med([h.drain_four_s for h in hubs]):.2f} "
+        f"hub_cpu_ms_1assoc={med([h.one.server_cpu_ms for h in hubs]):.2f} "
+        f"orthanc_cpu_ms_1assoc={med([o.one.server_cpu_ms for o in orthancs]):.2f} "
+        f"hub_cpu_ms_4assoc={med([h.four.server_cpu_ms for h in hubs]):.2f} "
+        f"orthanc_cpu_ms_4assoc={med([o.four.server_cpu_ms for o in orthancs]):.2f} "
         f"hub_dicom_workers={dicom_workers} runs={len(hubs)}"
     )
 

@@ -41,6 +41,7 @@ from telehealth.institutions.service import Caller
 
 if TYPE_CHECKING:
     from dicom_node.server import DicomNode
+    from telehealth.archive.service import IncomingInstance
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 MAX_REQUEST_BYTES = 32 * 1024
 # A command set is a few hundred bytes; a peer claiming more is not speaking DIMSE.
 MAX_COMMAND_BYTES = 64 * 1024
+# Received bytes go to the archive (spool file and hash) in parts of at least this size, so
+# that it works while the rest is on its way without a system call per PDV.
+FEED_BYTES = 64 * 1024
 # Buffers grow by at most this much ahead of the bytes that arrive, so a PDV that merely
 # claims to be huge does not allocate its claim.
 GROW_STEP = 16 * 1024 * 1024
@@ -365,13 +369,18 @@ def p_data_pdus(context_id: int, command: bytes, peer_max_pdu: int) -> bytes:
 
 @dataclass
 class _Message:
-    """A C-STORE whose dataset is arriving: file meta first, then the fragments, in place."""
+    """A C-STORE whose dataset is arriving: file meta first, then the fragments, in place.
+
+    With `incoming`, the bytes also go to the archive as they arrive, up to `fed`.
+    """
 
     context: PresentationContext
     command: Command
     buffer: bytearray
     length: int
     has_meta: bool
+    incoming: IncomingInstance | None = None
+    fed: int = 0
 
 
 class FastAssociation:
@@ -411,6 +420,8 @@ class FastAssociation:
         except (_PeerGone, OSError):
             pass  # released, aborted, or gone: nothing half-received is kept
         finally:
+            if self._message is not None and self._message.incoming is not None:
+                self._message.incoming.discard()  # its dataset never came whole
             node.fast_association_ended(self)
             self.close()
 
@@ -501,7 +512,10 @@ class FastAssociation:
             meta = self._file_meta(context, command)
             buffer = bytearray(len(meta) + self._expected_size)
             buffer[: len(meta)] = meta
-            self._message = _Message(context, command, buffer, len(meta), bool(meta))
+            # Spooled and hashed as it arrives, when the caller is known (it is not when the
+            # registry was down at association time: the whole dataset then goes at the end).
+            incoming = self.node.receive(self._caller) if meta and self._caller else None
+            self._message = _Message(context, command, buffer, len(meta), bool(meta), incoming)
         elif command.field == C_STORE_RQ:  # no dataset: the archive says what is wrong
             meta = self._file_meta(context, command)
             self._store(_Message(context, command, bytearray(meta), len(meta), bool(meta)))
@@ -525,6 +539,10 @@ class FastAssociation:
                 self._recv_into(view[message.length : end])
             message.length = end
             size -= step
+        if message.incoming is not None and (last or message.length - message.fed >= FEED_BYTES):
+            with memoryview(buffer) as view:
+                message.incoming.add(view[message.fed : message.length])
+            message.fed = message.length
         if last:
             self._message = None
             del buffer[message.length :]
@@ -548,7 +566,7 @@ class FastAssociation:
         command = message.command
         if message.has_meta:
             status, comment = self.node.store(
-                message.buffer, command.sop_instance_uid or "", self._caller_of
+                message.buffer, command.sop_instance_uid or "", self._caller_of, message.incoming
             )
         else:
             status, comment = 0x0110, "processing failure"

@@ -32,7 +32,7 @@ from dicom_node import fast_store, tls
 from dicom_node.query_retrieve import SOP_CLASSES as QUERY_RETRIEVE_SOP_CLASSES
 from dicom_node.query_retrieve import QueryRetrieve
 from telehealth.archive.models import IngestSource
-from telehealth.archive.service import Origin
+from telehealth.archive.service import IncomingInstance, Origin
 from telehealth.db import transaction
 from telehealth.errors import DomainError, Overloaded, wire_status
 from telehealth.institutions.service import Caller, CallerRefused, authorize_caller
@@ -308,26 +308,35 @@ class DicomNode:
         _BusyPolling.mark_busy(event.assoc)  # the next request is likely on its way
         return _status(status, comment) if status else 0x0000
 
+    def receive(self, caller: Caller) -> IncomingInstance:
+        """Start keeping an instance from an admitted caller as its bytes arrive (fast path);
+        `store` finishes it."""
+        return self.hub.archive.receive(self._origin(caller))
+
     def store(
-        self, data: bytes | bytearray, requested_uid: str, caller_of: Callable[[], Caller]
+        self,
+        data: bytes | bytearray,
+        requested_uid: str,
+        caller_of: Callable[[], Caller],
+        incoming: IncomingInstance | None = None,
     ) -> tuple[int, str]:
         """C-STORE a received Part 10 instance into the archive, for either path.
 
-        Returns the DIMSE status and an Error Comment; `caller_of` gives the association's
-        checked caller or raises CallerRefused/Overloaded.
+        `incoming` is the instance `receive` started, whose bytes (`data`) were added as they
+        came. Returns the DIMSE status and an Error Comment; `caller_of` gives the
+        association's checked caller or raises CallerRefused/Overloaded.
         """
         try:
             caller = caller_of()
         except DomainError as exc:
+            if incoming is not None:
+                incoming.discard()
             return wire_status(exc)[1], error_comment(str(exc))
-        origin = Origin(
-            source=IngestSource.DIMSE,
-            institution_id=caller.institution_id,
-            ae_title=caller.ae_title,
-            address=caller.address,
-        )
         try:
-            result = self.hub.archive.ingest(data, origin)
+            if incoming is not None:
+                result = incoming.keep(data)
+            else:
+                result = self.hub.archive.ingest(data, self._origin(caller))
         except DomainError as exc:
             status = wire_status(exc)[1]
             log.warning("C-STORE from %s refused with 0x%04X: %s", caller.ae_title, status, exc)
@@ -341,6 +350,15 @@ class DicomNode:
                 "C-STORE from %s: command and dataset SOP Instance UIDs differ", caller.ae_title
             )
         return 0x0000, ""
+
+    @staticmethod
+    def _origin(caller: Caller) -> Origin:
+        return Origin(
+            source=IngestSource.DIMSE,
+            institution_id=caller.institution_id,
+            ae_title=caller.ae_title,
+            address=caller.address,
+        )
 
     # --- the fast path's share of the node (fast_store) ---------------------------------------
 

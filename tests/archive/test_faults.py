@@ -7,6 +7,8 @@ of the real PostgreSQL, dcmtk's storescu and pynetdicom as senders.
 from __future__ import annotations
 
 import io
+import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -245,10 +247,19 @@ def test_recovery_indexes_orphan_spool_files_and_quarantines_junk(
     hub.spool.path(orphan).write_bytes(data)
     junk = f"{uuid.uuid4().hex}-i{clinic}.dcm"
     hub.spool.path(junk).write_bytes(b"\x00garbage, not DICOM" * 10)
+    # Half-received when the hub died (never answered Success): removed once old enough to be
+    # nobody's receive in progress; a fresh one may be another process's, and stays.
+    abandoned, receiving = hub.spool.path("a.part"), hub.spool.path("b.part")
+    abandoned.write_bytes(data[:1000])
+    receiving.write_bytes(data[:1000])
+    an_hour_ago = time.time() - 3600
+    os.utime(abandoned, (an_hour_ago, an_hour_ago))
 
     report = recover_spool(hub.archive)
     assert report.indexed == [orphan]
     assert report.quarantined == [junk]
+    assert report.abandoned == 1
+    assert not abandoned.exists() and receiving.exists()
     assert (hub.spool.quarantine / junk).exists()  # kept for a person, never deleted
     assert set(_states(hub).values()) == {StorageState.SPOOLED}
 

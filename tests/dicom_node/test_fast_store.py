@@ -449,11 +449,16 @@ def test_malformed_dataset_fails_and_the_association_goes_on(hub, consortium, tm
 @pytest.mark.parametrize("how", ["a-abort", "connection closed"])
 def test_an_association_ended_mid_dataset_stores_nothing(hub, consortium, how):
     data = CT.read_bytes()
-    dataset = dataset_of(CT)
+    # A 512 x 512 slice: its first half is spooled as it arrives, and must go again.
+    (big,) = faults.make_series(1, patient_id="CUT", size=512)
+    dataset = big[dataset_offset(big) :]
     with raw_peer(hub) as peer:
         assert peer.request([(CTImageStorage, ExplicitVRLittleEndian)]) == 0x02
-        peer.send_pdvs([(1, 0x03, peer.store_command(faults.sop_uid(data)))])
-        peer.send_pdvs([(1, 0x00, dataset[: len(dataset) // 2])])
+        peer.send_pdvs([(1, 0x03, peer.store_command(faults.sop_uid(big)))])
+        half = len(dataset) // 2
+        for start in range(0, half, 16384):
+            peer.send_pdvs([(1, 0x00, dataset[start : min(start + 16384, half)])])
+        wait_until(lambda: list(hub.spool.folder.glob("*.part")))  # being received
         if how == "a-abort":
             peer.sock.sendall(b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")
     wait_until(lambda: hub.dicom_node.fast_associations == 0)

@@ -232,6 +232,7 @@ def indexed_uids(hub: Hub) -> list[str]:
 def assert_nothing_stored(hub: Hub) -> None:
     assert indexed_uids(hub) == []
     assert list(hub.spool.names()) == []
+    assert list(hub.spool.folder.glob("*.part")) == []  # nor a half-received file
 
 
 def assert_clean(hub: Hub) -> None:

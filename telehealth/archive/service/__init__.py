@@ -3,6 +3,7 @@
 from telehealth.archive.models import IngestSource
 from telehealth.archive.service.archive import (
     Archive,
+    IncomingInstance,
     IngestResult,
     InstanceLocation,
     InstanceNotFound,
@@ -50,6 +51,7 @@ __all__ = [
     "Archive",
     "DuplicateRejected",
     "FsckReport",
+    "IncomingInstance",
     "IndexOutcome",
     "IngestResult",
     "InstanceHeader",

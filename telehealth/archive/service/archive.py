@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from telehealth.archive.service.index import (
     index_instance,
 )
 from telehealth.archive.service.read_cache import ReadCache
-from telehealth.archive.service.spool import Spool
+from telehealth.archive.service.spool import Spool, SpoolFile
 from telehealth.archive.service.stability import mark_stable_studies
 from telehealth.archive.service.uploader import Uploader, UploadJob
 from telehealth.clock import Clock
@@ -142,43 +141,51 @@ class Archive:
         error nothing is left behind. Each call is told to `observe_ingest` (the hub's
         Prometheus counters): source, outcome ("failed" on an error), seconds, bytes.
         """
-        started = time.perf_counter()
-        try:
-            result = self._keep(data, origin)
-        except BaseException:
-            self.observe_ingest(origin.source, "failed", time.perf_counter() - started, 0)
-            raise
-        self.observe_ingest(origin.source, result.outcome, time.perf_counter() - started, len(data))
-        return result
+        incoming = self.receive(origin)
+        incoming.add(data)
+        return incoming.keep(data)
 
-    def _keep(self, data: bytes | bytearray, origin: Origin) -> IngestResult:
+    def receive(self, origin: Origin) -> IncomingInstance:
+        """Start keeping an instance whose bytes arrive in parts (IncomingInstance.add), so
+        that spooling and hashing go on while the rest is still on its way."""
         self.spool.mark_activity()  # uploads in every process step aside (Uploader)
-        # Hashing releases the GIL: on another thread it costs the modality nothing.
-        hashing = self._writer.submit(_sha256, data)
-        header = parse_header(data)
-        name = self.spool.new_name(origin.institution_id)
-        fd = self.spool.start_write(data, name)
+        return IncomingInstance(self, origin)
+
+    def _keep(
+        self, file: SpoolFile, data: bytes | bytearray, sha256: str, origin: Origin
+    ) -> IngestResult:
+        """Parse, sync, index and queue the upload of a spooled instance (IncomingInstance.keep).
+
+        On any error the spool file is gone when this raises, unless a lost COMMIT may have
+        made a row point at it.
+        """
+        try:
+            header = parse_header(data)
+            file.keep(self.spool.new_name(origin.institution_id))
+        except BaseException:
+            file.discard()
+            raise
+        name = file.name
         # The index transaction commits only after the spool file is synced, so Success means
         # "on disk and indexed", and a failed sync leaves no row. On SQLite the sync comes
         # first, here: the transaction holds the one write lock (its turn, telehealth.db) from
-        # BEGIN, and holding it across a sync (~1-3 ms) stalls every other writer. On PostgreSQL,
-        # which locks rows and costs a round trip per statement, the sync runs on another
-        # thread while the statements go out.
+        # BEGIN, and holding it across a sync stalls every other writer. On PostgreSQL, which
+        # locks rows and costs a round trip per statement, the sync runs on another thread
+        # while the statements go out.
         writing: futures.Future[None]
         if self._sync_before_index:
             writing = futures.Future()
-            self.spool.sync(fd, name)  # raises SpoolUnavailable, the file removed
+            file.sync()  # raises SpoolUnavailable, the file removed
             writing.set_result(None)
         else:
             try:
-                writing = self._writer.submit(self.spool.sync, fd, name)
+                writing = self._writer.submit(file.sync)
             except BaseException:  # shutting down
-                os.close(fd)
-                self.spool.remove(name)
+                file.discard()
                 raise
         committing: list[bool] = []
         try:
-            copy = StoredCopy(name, hashing.result(), len(data))
+            copy = StoredCopy(name, sha256, len(data))
             outcome, key = self._index(
                 header, origin, copy, synced=writing.result, committing=committing
             )
@@ -383,9 +390,70 @@ class Archive:
                     log.exception("spool reconciliation failed; will try again")
 
 
+class IncomingInstance:
+    """An instance whose bytes arrive in parts (a C-STORE's PDVs): each part is hashed and
+    written to the spool as it comes (`add`), and `keep` does the rest of Archive.ingest
+    once the last has come; `discard` drops it (the association ended mid-dataset).
+
+    A spool error during `add` is kept and raised by `keep`, so the sender still gets its
+    failure status when the dataset is complete; nothing more is written after it.
+    """
+
+    def __init__(self, archive: Archive, origin: Origin) -> None:
+        self.archive = archive
+        self.origin = origin
+        self._hash = hashlib.sha256()
+        self._file: SpoolFile | None = None
+        self._error: BaseException | None = None
+        self._size = 0
+        self._seconds = 0.0  # spent here, not waiting for the sender's bytes
+
+    def add(self, part: bytes | bytearray | memoryview) -> None:
+        """The next bytes of the Part 10 instance, from its preamble on."""
+        if self._error is not None:
+            return
+        started = time.perf_counter()
+        try:
+            if self._file is None:
+                self._file = self.archive.spool.create()
+            # Both release the GIL: other associations go on meanwhile.
+            self._hash.update(part)
+            self._file.write(part)
+            self._size += len(part)
+        except Exception as exc:  # SpoolFull, SpoolUnavailable
+            # Kept without its frames: they hold `part`, a view that pins the sender's buffer.
+            cause: BaseException | None = exc
+            while cause is not None:
+                cause.__traceback__ = None
+                cause = cause.__cause__ or cause.__context__
+            self._error = exc
+            self.discard()
+        self._seconds += time.perf_counter() - started
+
+    def keep(self, data: bytes | bytearray) -> IngestResult:
+        """Keep the instance, `data` being all its bytes as added; raises as Archive.ingest."""
+        archive, started = self.archive, time.perf_counter()
+        try:
+            if self._error is not None:
+                raise self._error
+            if self._file is None or self._size != len(data):
+                self.discard()
+                raise ValueError("the bytes kept are not the bytes added")
+            file, self._file = self._file, None
+            result = archive._keep(file, data, self._hash.hexdigest(), self.origin)
+        except BaseException:
+            seconds = self._seconds + time.perf_counter() - started
+            archive.observe_ingest(self.origin.source, "failed", seconds, 0)
+            raise
+        seconds = self._seconds + time.perf_counter() - started
+        archive.observe_ingest(self.origin.source, result.outcome, seconds, len(data))
+        return result
+
+    def discard(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.discard()
+
+
 def _ignore(source: str, outcome: str, seconds: float, size: int) -> None:
     """No one counts ingests (tests and tools that build an Archive alone)."""
-
-
-def _sha256(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -28,6 +28,7 @@ class RecoveryReport:
     indexed: list[str] = field(default_factory=list)  # spool files indexed after a crash
     removed: list[str] = field(default_factory=list)  # already stored; leftover copies
     quarantined: list[str] = field(default_factory=list)  # unreadable; kept aside
+    abandoned: int = 0  # half-received files of a process that died, removed
 
 
 def recover_spool(archive: Archive, *, min_age_seconds: float = 0.0) -> RecoveryReport:
@@ -38,7 +39,7 @@ def recover_spool(archive: Archive, *, min_age_seconds: float = 0.0) -> Recovery
     but the bytes are whole, so keep them. `min_age_seconds` leaves alone files an ingest
     may still be committing (when this runs while the hub serves).
     """
-    report = RecoveryReport()
+    report = RecoveryReport(abandoned=archive.spool.remove_abandoned_parts())
     cutoff = time.time() - min_age_seconds
     with transaction(archive.factory) as session:
         known = set(
@@ -102,11 +103,13 @@ def recover_spool(archive: Archive, *, min_age_seconds: float = 0.0) -> Recovery
             report.removed.append(name)
             continue
         report.indexed.append(name)
-    if report.indexed or report.removed or report.quarantined:
+    if report.indexed or report.removed or report.quarantined or report.abandoned:
         log.info(
-            "spool recovery: %d indexed, %d leftover copies removed, %d quarantined",
+            "spool recovery: %d indexed, %d leftover copies removed, %d quarantined,"
+            " %d half-received files removed",
             len(report.indexed),
             len(report.removed),
             len(report.quarantined),
+            report.abandoned,
         )
     return report
