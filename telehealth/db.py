@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Engine, create_engine, event, make_url, text
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -92,17 +92,7 @@ def create_db_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            dbapi_conn: TurnTakingConnection = conn.connection.dbapi_connection
-            try:
-                dbapi_conn.take_turn()
-            except TimeoutError as exc:  # what SQLite itself answers after busy_timeout
-                locked = sqlite3.OperationalError("database is locked")
-                raise OperationalError("BEGIN IMMEDIATE", None, locked) from exc
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            except BaseException:
-                dbapi_conn.end_turn()
-                raise
+            _begin_sqlite(conn.connection.dbapi_connection)
 
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
@@ -333,9 +323,72 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def _is_unavailable(exc: SQLAlchemyError) -> bool:
-    from sqlalchemy.exc import DBAPIError, OperationalError
+def _begin_sqlite(dbapi_conn: TurnTakingConnection) -> None:
+    """Take the database's turn (WriteTurns), then its write lock (BEGIN IMMEDIATE)."""
+    try:
+        dbapi_conn.take_turn()
+    except TimeoutError as exc:  # what SQLite itself answers after busy_timeout
+        locked = sqlite3.OperationalError("database is locked")
+        raise OperationalError("BEGIN IMMEDIATE", None, locked) from exc
+    try:
+        dbapi_conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        dbapi_conn.end_turn()
+        raise OperationalError("BEGIN IMMEDIATE", None, exc) from exc
+    except BaseException:
+        dbapi_conn.end_turn()
+        raise
 
+
+@contextmanager
+def raw_transaction(engine: Engine) -> Iterator[Any]:
+    """A transaction on a pooled driver connection, yielding its DBAPI cursor: commit on
+    leaving, roll back on error, turns and BEGIN IMMEDIATE on SQLite as for every transaction.
+
+    For a hot path whose statements are prepared already (archive KnownSeriesIndex): the
+    Connection and Transaction objects of SQLAlchemy and their events cost a C-STORE more
+    than its statements. Driver errors come out as SQLAlchemy's; raises DatabaseUnavailable
+    as transaction() does (a connection found dead is dropped from the pool).
+    """
+    dialect = engine.dialect
+    try:
+        pooled = engine.raw_connection()
+    except (SQLAlchemyError, dialect.loaded_dbapi.Error) as exc:  # the pool lets driver's out
+        raise DatabaseUnavailable("database unavailable") from exc
+    try:
+        connection = pooled.driver_connection
+        try:
+            if dialect.name == "sqlite":
+                _begin_sqlite(connection)  # type: ignore[arg-type]
+            cursor = connection.cursor()  # type: ignore[union-attr]
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            try:
+                connection.commit()  # type: ignore[union-attr]
+            except dialect.loaded_dbapi.Error as exc:
+                raise DBAPIError.instance(
+                    "COMMIT",
+                    None,
+                    exc,
+                    dialect.loaded_dbapi.Error,
+                    connection_invalidated=dialect.is_disconnect(exc, connection, None),
+                    dialect=dialect,
+                ) from exc
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                connection.rollback()  # type: ignore[union-attr]
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                pooled.invalidate()
+            if isinstance(exc, SQLAlchemyError) and _is_unavailable(exc):
+                raise DatabaseUnavailable("database unavailable") from exc
+            raise
+    finally:
+        pooled.close()  # back to the pool
+
+
+def _is_unavailable(exc: SQLAlchemyError) -> bool:
     if isinstance(exc, OperationalError):
         return True
     return isinstance(exc, DBAPIError) and exc.connection_invalidated

@@ -218,3 +218,44 @@ def test_a_turn_held_too_long_is_logged_with_its_thread(
         assert turns.acquire(timeout=5)
         turns.release()  # a short turn says nothing
     assert caplog.text == ""
+
+
+def test_a_raw_transaction_takes_its_turn_commits_and_rolls_back(
+    sqlite_factory: sessionmaker[Session],
+) -> None:
+    """raw_transaction (the ingest's hot path) waits its turn like any transaction, commits on
+    leaving, rolls back on an error, and hands the turn on either way."""
+    engine: Engine = sqlite_factory.kw["bind"]
+    turns = turns_of(sqlite_factory)
+    with db.raw_transaction(engine) as cursor:
+        cursor.execute("CREATE TABLE t (x INTEGER)")
+        cursor.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(RuntimeError), db.raw_transaction(engine) as cursor:
+        cursor.execute("INSERT INTO t VALUES (2)")
+        raise RuntimeError("after the statement, before the commit")
+
+    holding, let_go, entered = threading.Event(), threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with transaction(sqlite_factory) as session:
+            session.execute(text("SELECT 1"))
+            holding.set()
+            let_go.wait(10)
+
+    def raw_writer() -> None:
+        with db.raw_transaction(engine) as cursor:
+            cursor.execute("INSERT INTO t VALUES (3)")
+        entered.set()
+
+    threads = [start(holder)]
+    assert holding.wait(10)
+    threads.append(start(raw_writer))
+    wait_until(lambda: waiting(turns) == 1, "the raw transaction to wait in line")
+    assert not entered.is_set()
+    let_go.set()
+    for thread in threads:
+        thread.join(10)
+    assert entered.is_set()
+    with transaction(sqlite_factory) as session:
+        assert [x for (x,) in session.execute(text("SELECT x FROM t ORDER BY x"))] == [1, 3]
+    assert turns._holder is None and waiting(turns) == 0

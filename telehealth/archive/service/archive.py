@@ -11,7 +11,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from telehealth.archive.models import Instance, StorageState, Study
@@ -29,7 +29,7 @@ from telehealth.archive.service.stability import mark_stable_studies
 from telehealth.archive.service.uploader import Uploader, UploadJob
 from telehealth.clock import Clock
 from telehealth.config import DuplicatePolicy
-from telehealth.db import DatabaseUnavailable, transaction
+from telehealth.db import DatabaseUnavailable, raw_transaction, transaction
 from telehealth.errors import Gone, NotFound
 from telehealth.events import EventBus, Topic
 from telehealth.storage import ObjectMissing, ObjectStore
@@ -266,30 +266,18 @@ class Archive:
         committing: list[bool],
     ) -> str | None:
         """The common case, in a transaction of its own on the driver's cursor
-        (KnownSeriesIndex); the object key, or None when index_instance must decide.
+        (KnownSeriesIndex, raw_transaction); the object key, or None when index_instance must
+        decide.
 
         Raises DatabaseUnavailable as transaction() does, IntegrityError, StudyOwnedElsewhere.
         """
-        try:
-            with self._engine.begin() as conn:
-                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                try:
-                    key = self._known_series.add(cursor, header, origin, copy, self.clock.now())
-                except DBAPIError as exc:
-                    if exc.connection_invalidated:
-                        conn.invalidate()  # what SQLAlchemy does for its own statements
-                    raise
-                finally:
-                    cursor.close()
-                if key is None:
-                    return None  # nothing was written
-                synced()  # raises the spool write's error: the transaction rolls back
-                committing.append(True)  # leaving the block commits
-            return key
-        except DBAPIError as exc:
-            if isinstance(exc, OperationalError) or exc.connection_invalidated:
-                raise DatabaseUnavailable("database unavailable") from exc
-            raise
+        with raw_transaction(self._engine) as cursor:
+            key = self._known_series.add(cursor, header, origin, copy, self.clock.now())
+            if key is None:
+                return None  # nothing was written
+            synced()  # raises the spool write's error: the transaction rolls back
+            committing.append(True)  # leaving the block commits
+        return key
 
     # --- the one way out ---------------------------------------------------------------------
 
