@@ -16,6 +16,9 @@ Orthanc: the Debian package, fresh storage in a temp dir, no plugins):
   wall time from the first start to the last exit.
 - hub drain: after each push, the time until GET /api/health says spool_backlog == 0, i.e.
   until every instance is in object storage (uploads run in the background from the spool).
+- CPU: user + system seconds of the receiver's process tree while a push runs (the hub's
+  includes its S3 server), per acknowledged instance; and of the storescu processes, which
+  share the same two cores.
 - hub peak RSS: the largest sum of VmRSS over the hub process and its descendants, EXCLUDING
   the embedded S3 server (`weed`, ~110 MB of its own), polled every 50 ms from /proc; also the
   hub process's own VmHWM.
