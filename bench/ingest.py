@@ -255,16 +255,19 @@ class Push:
         return self.bytes * self.ok / max(self.files, 1) / 1e6 / self.wall_s
 
 
-def push(port: int, aec: str, folders: list[Path], logdir: Path, tag: str, server_pid: int) -> Push:
+def push(
+    port: int, aec: str, folders: list[Path], logdir: Path, tag: str, server_pid: int = 0
+) -> Push:
     """One storescu process (one association) per folder, all started at once; CPU is
-    counted for the pushers and for the receiver's process tree (`server_pid`)."""
+    counted for the pushers and, given `server_pid`, for the receiver's process tree."""
     env = dict(os.environ, TCP_NODELAY="1")
     files = size = 0
     for folder in folders:
         n, b = dir_stats(folder)
         files, size = files + n, size + b
     logs = [logdir / f"{tag}-{i}.log" for i in range(len(folders))]
-    client_cpu0, server_cpu0 = children_cpu_s(), tree_cpu_s(server_pid)
+    client_cpu0 = children_cpu_s()
+    server_cpu0 = tree_cpu_s(server_pid) if server_pid else 0.0
     t0 = time.perf_counter()
     procs = []
     for folder, log in zip(folders, logs, strict=False):
@@ -294,7 +297,7 @@ def push(port: int, aec: str, folders: list[Path], logdir: Path, tag: str, serve
         proc.wait()
         _children.remove(proc)
     wall = time.perf_counter() - t0
-    server_cpu = tree_cpu_s(server_pid) - server_cpu0
+    server_cpu = tree_cpu_s(server_pid) - server_cpu0 if server_pid else 0.0
     client_cpu = children_cpu_s() - client_cpu0
     ok = failed = 0
     for log in logs:

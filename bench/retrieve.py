@@ -54,7 +54,6 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # n
 from bench.ingest import (  # noqa: E402  (after the sys.path fix above)
     CALLING_AET,
     VENV_BIN,
-    _descendants,
     free_port,
     http_json,
     make_series,
@@ -63,6 +62,7 @@ from bench.ingest import (  # noqa: E402  (after the sys.path fix above)
     start_orthanc,
     stop,
     stop_all,
+    tree_cpu_s,
     wait_until,
 )
 
@@ -97,19 +97,6 @@ def timed(call: Callable[[], object], repeats: int) -> float:
         call()
         samples.append((time.perf_counter() - t0) * 1000)
     return statistics.median(samples)
-
-
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants so far."""
-    ticks = 0
-    for member in _descendants(pid):
-        try:
-            with open(f"/proc/{member}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def settle(target: Target, not_before: float, timeout: float = 300) -> None:
