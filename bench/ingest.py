@@ -93,18 +93,6 @@ def http_json(url: str, timeout: float = 2.0) -> dict:
         return json.loads(resp.read())
 
 
-def listeners(port: int) -> int:
-    """Sockets listening on a local TCP port (one per process sharing it via SO_REUSEPORT)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in list(f)[1:]:
-                fields = line.split()
-                if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # 0A: LISTEN
-                    count += 1
-    return count
-
-
 def wait_until(check, timeout: float, what: str, poll: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -385,11 +373,15 @@ def run_hub(work: Path, one: Path, fours: list[Path], env_extra: dict[str, str])
     health_url = f"http://127.0.0.1:{http_port}/api/health"
     try:
         wait_until(lambda: http_json(health_url)["dicom_node"]["listening"], 90, "hub health")
-        # The health answer comes from the main process; its DICOM worker processes start
-        # after it, and importing the hub costs them seconds of CPU. Pushing before they
-        # listen measures their start-up, not ingest.
+        # The main process answers health first; its DICOM worker processes start after it,
+        # and importing the hub costs them seconds of CPU. Pushing before they listen
+        # measures their start-up, not ingest.
         workers = int(env.get("TELEHEALTH_DICOM_WORKERS", "1"))
-        wait_until(lambda: listeners(dicom_port) >= workers, 120, "DICOM worker processes")
+        wait_until(
+            lambda: http_json(health_url)["dicom_node"]["processes"] >= workers,
+            120,
+            "DICOM worker processes",
+        )
         sampler = RssSampler(hub.pid)
         sampler.start()
         result = Result()

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node import fast_store, tls
+from dicom_node.listener import SharedListener
 from dicom_node.query_retrieve import SOP_CLASSES as QUERY_RETRIEVE_SOP_CLASSES
 from dicom_node.query_retrieve import QueryRetrieve
 from telehealth.archive.models import IngestSource
@@ -124,15 +125,70 @@ class _HubAE(AE):
 
 
 class _SharedPortServer(ThreadedAssociationServer):
-    """Lets several DICOM node processes listen on one port; the kernel spreads associations
-    among them (SO_REUSEPORT), so parallel associations use more than one core. Associations
-    that only store (or echo) are served by fast_store; pynetdicom gets all others."""
+    """Lets several DICOM node processes serve one port, so parallel associations use more
+    than one core: on the listener `telehealth serve` shares among them (dicom_node.listener,
+    the least busy process accepting), or else each on its own socket with SO_REUSEPORT (the
+    kernel spreading callers by a hash of their address). Associations that only store (or
+    echo) are served by fast_store; pynetdicom gets all others."""
 
     _plans: fast_store.Plans | None = None
+    _listener: SharedListener | None = None
+    _open_requests = 0  # connections accepted whose request thread still runs
 
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        self._requests_lock = threading.Lock()
+        listener = self.ae._node.listener  # type: ignore[attr-defined]
+        if listener is None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = listener.socket
+        self.server_address = listener.address
+        self._listener = listener
+
+    def server_activate(self) -> None:
+        if self._listener is None:
+            super().server_activate()
+        else:
+            self._listener.publish(self._serving())
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        listener = self._listener
+        if listener is not None and not listener.take_pending(self._serving):
+            # socketserver treats OSError as "no request this time round".
+            raise BlockingIOError("a less busy DICOM node process took the connection")
+        request = super().get_request()  # BlockingIOError when another process was quicker
+        with self._requests_lock:
+            self._open_requests += 1
+        if listener is not None:
+            listener.publish(self._serving())
+        return request
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._requests_lock:
+                self._open_requests -= 1
+            if self._listener is not None:
+                self._listener.publish(self._serving())
+
+    def service_actions(self) -> None:
+        super().service_actions()
+        if self._listener is not None:  # pynetdicom's associations end without telling us
+            self._listener.publish(self._serving())
+
+    def server_close(self) -> None:
+        if self._listener is None:
+            super().server_close()
+        else:
+            self._listener.stop_listening()
+
+    def _serving(self) -> int:
+        """Associations this process serves: fast ones run in their request thread,
+        pynetdicom's in threads of their own."""
+        return self._open_requests + len(self.active_associations)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         node = self.ae._node  # type: ignore[attr-defined]
@@ -151,8 +207,11 @@ class _SharedPortServer(ThreadedAssociationServer):
 
 
 class DicomNode:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, listener: SharedListener | None = None) -> None:
+        """`listener`: a socket shared with the hub's other DICOM node processes; without
+        one the node binds its own (host and port from the settings)."""
         self.hub = hub
+        self.listener = listener
         settings = hub.settings
         self.host = settings.dicom_host
         self.port = settings.dicom_port
@@ -179,6 +238,13 @@ class DicomNode:
     @property
     def is_listening(self) -> bool:
         return self._server is not None
+
+    @property
+    def listening_processes(self) -> int:
+        """The hub's DICOM node processes accepting associations on this node's port."""
+        if self.listener is not None:
+            return sum(load is not None for load in self.listener.loads())
+        return int(self.is_listening)
 
     def start(self) -> None:
         handlers = [

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.orm import Session
 
+from dicom_node.listener import SharedListener
 from telehealth.auth import service as auth
 from telehealth.auth.models import Role
 from telehealth.config import Settings
@@ -105,10 +106,15 @@ def serve(
     )
     hub = Hub(settings)
     workers: list[subprocess.Popen[bytes]] = []
+    listener: SharedListener | None = None
     try:
         hub.open()
-        hub.start(dicom=dicom, signaling=True)
-        workers = _start_dicom_workers(hub)
+        if dicom and settings.dicom_workers > 1:
+            listener = SharedListener.open(
+                settings.dicom_host, settings.dicom_port, settings.dicom_workers
+            )
+        hub.start(dicom=dicom, signaling=True, dicom_listener=listener)
+        workers = _start_dicom_workers(hub, listener)
         config = uvicorn.Config(
             create_app(hub),
             host=settings.http_host,
@@ -131,12 +137,16 @@ def serve(
         for worker in workers:
             worker.wait(timeout=30)
         hub.close()
+        if listener is not None:
+            listener.close()
 
 
-def _start_dicom_workers(hub: Hub) -> list[subprocess.Popen[bytes]]:
-    """Start `dicom_workers - 1` more DICOM node processes on the hub's port."""
+def _start_dicom_workers(
+    hub: Hub, listener: SharedListener | None
+) -> list[subprocess.Popen[bytes]]:
+    """Start `dicom_workers - 1` more DICOM node processes on the hub's listener."""
     settings = hub.settings
-    if settings.dicom_workers <= 1 or hub.dicom_node is None:
+    if listener is None or hub.dicom_node is None:
         return []
     env = dict(os.environ)
     env.update(
@@ -147,10 +157,15 @@ def _start_dicom_workers(hub: Hub) -> list[subprocess.Popen[bytes]]:
         TELEHEALTH_SECRET_KEY=hub.secret,
     )
     command = [sys.executable, "-m", "telehealth.cli", "dicom-worker"]
-    return [
-        subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
-        for _ in range(settings.dicom_workers - 1)
-    ]
+    workers = []
+    for slot in range(1, listener.processes):
+        handoff_env, fds = listener.handoff(slot)
+        workers.append(
+            subprocess.Popen(
+                command, env=env | handoff_env, pass_fds=fds, preexec_fn=die_with_parent
+            )
+        )
+    return workers
 
 
 @app.command("dicom-worker", hidden=True)
@@ -162,13 +177,16 @@ def dicom_worker() -> None:
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    listener = SharedListener.inherited()
     hub = Hub(settings)
     try:
         hub.open(run_migrations=False)
-        hub.start(background=False)
+        hub.start(background=False, dicom_listener=listener)
         stop.wait()
     finally:
         hub.close()
+        if listener is not None:
+            listener.close()
 
 
 @app.command("dicom-node")

@@ -34,6 +34,7 @@ from telehealth.retention import apply_policy, load_policy
 from telehealth.storage import EmbeddedS3, ObjectStore, S3Endpoint
 
 if TYPE_CHECKING:
+    from dicom_node.listener import SharedListener
     from dicom_node.server import DicomNode
     from signaling.server import SignalingThread
     from telehealth.consults.recorder import RecorderPool
@@ -173,11 +174,17 @@ class Hub:
         return candidate if probe.is_up() else None
 
     def start(
-        self, *, dicom: bool = True, background: bool = True, signaling: bool = False
+        self,
+        *,
+        dicom: bool = True,
+        background: bool = True,
+        signaling: bool = False,
+        dicom_listener: SharedListener | None = None,
     ) -> None:
         """Start background work: spool recovery, uploads, study-stable watcher, DICOM node.
 
         `signaling`: the consult signalling server too (`telehealth serve`; off in tests).
+        `dicom_listener`: the DICOM port shared with the hub's other node processes.
         A DICOM node worker process starts the node only (`background=False`): the main hub
         recovers the spool, uploads and watches for stable studies for all processes.
         With TELEHEALTH_REDIS_URL, events reach the other processes of the cluster and the
@@ -211,7 +218,7 @@ class Hub:
         if dicom:
             from dicom_node.server import DicomNode
 
-            self.dicom_node = DicomNode(self)
+            self.dicom_node = DicomNode(self, dicom_listener)
             self.dicom_node.start()
         if signaling:
             self._start_signaling()
@@ -300,6 +307,8 @@ class Hub:
                 "listening": bool(node and node.is_listening),
                 "ae_title": self.settings.ae_title,
                 "port": node.port if node else None,
+                # Fewer than TELEHEALTH_DICOM_WORKERS: a worker process has not started or died.
+                "processes": node.listening_processes if node else 0,
             },
         }
         if self.relay is not None:

@@ -1,12 +1,17 @@
-"""Several DICOM node processes on one port: every association lands somewhere, nothing is lost."""
+"""Several DICOM node processes on one port: every association lands somewhere, nothing is lost,
+and parallel associations are spread evenly over the processes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import func, select
 
 from telehealth.archive.models import Instance, StorageState
@@ -25,6 +30,29 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in done.stdout.split()]
 
 
+def _dicom_workers(hub_pid: int) -> list[int]:
+    return [
+        p for p in _children(hub_pid) if "dicom-worker" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+
+
+def _established_by_process(port: int, pids: list[int]) -> Counter[int]:
+    """How many established connections to local `port` each process holds (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
+            inodes.add(fields[9])
+    held: Counter[int] = Counter()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                held[pid] += 1
+    return held
+
+
 def test_parallel_associations_across_worker_processes_are_all_kept(
     tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
 ) -> None:
@@ -41,11 +69,7 @@ def test_parallel_associations_across_worker_processes_are_all_kept(
         folders.append(folder)
 
     with served(env, data_dir, tmp_path / "hub.log") as hub:
-        workers = [
-            p
-            for p in _children(hub.process.pid)
-            if "dicom-worker" in Path(f"/proc/{p}/cmdline").read_text()
-        ]
+        workers = _dicom_workers(hub.process.pid)
         assert len(workers) == 1, "one DICOM worker beside the main process"
         with ThreadPoolExecutor(ASSOCIATIONS) as pool:
             results = list(
@@ -77,3 +101,41 @@ def test_parallel_associations_across_worker_processes_are_all_kept(
             timeout=20,
             what="the DICOM worker to stop with the hub",
         )
+
+
+def test_parallel_associations_are_spread_evenly_over_worker_processes(
+    tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
+) -> None:
+    """The least busy process accepts: four open associations sit two and two, where the
+    kernel's SO_REUSEPORT hash put them 3/1 or 4/0 more often than not."""
+    data_dir = tmp_path / "data"
+    env = _env(data_dir, database_url, s3, bucket)
+    env["TELEHEALTH_DICOM_WORKERS"] = "2"
+    _register_clinic(env, data_dir)
+
+    with served(env, data_dir, tmp_path / "hub.log") as hub:
+        wait_for(
+            lambda: hub.health()["dicom_node"]["processes"] == 2,  # type: ignore[index]
+            timeout=60,
+            what="both DICOM node processes to listen",
+            interval=0.2,
+        )
+        processes = [hub.process.pid, *_dicom_workers(hub.process.pid)]
+        ae = AE("CLINIC_A_DR")
+        ae.add_requested_context(CTImageStorage)
+        associations = []
+        try:
+            for _ in range(ASSOCIATIONS):
+                assoc = ae.associate("127.0.0.1", hub.dicom_port, ae_title="TELEHEALTH")
+                assert assoc.is_established
+                associations.append(assoc)
+
+            def all_held() -> Counter[int] | None:
+                held = _established_by_process(hub.dicom_port, processes)
+                return held if held.total() == ASSOCIATIONS else None
+
+            held = wait_for(all_held, timeout=10, what="every association held by a process")
+            assert sorted(held.values()) == [2, 2], held
+        finally:
+            for assoc in associations:
+                assoc.release()
