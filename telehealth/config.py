@@ -58,8 +58,8 @@ class Settings(BaseSettings):
     # Institution code that owns studies from unknown callers when they are accepted.
     unknown_caller_institution: str | None = None
     max_associations: int = 16
-    # DICOM node processes sharing the port (SO_REUSEPORT); the GIL lets one process use one
-    # core, so parallel associations need more than one.
+    # DICOM node processes sharing the port, the least busy accepting (dicom_node.listener);
+    # the GIL lets one process use one core, so parallel associations need more than one.
     dicom_workers: int = 1
     # Largest PDU we accept; big PDUs mean fewer Python round trips per instance.
     max_pdu_bytes: int = 1_048_576
