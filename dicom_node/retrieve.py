@@ -262,6 +262,26 @@ def _encode_as_stored(
 pynetdicom.association.encode = _encode_as_stored
 
 
+def sender_only(assoc: Association) -> Association:
+    """Let only the thread that sends take DIMSE messages off an association we requested.
+
+    pynetdicom's reactor thread polls the same queue. send_c_store pauses it while it waits
+    for its response and resumes it after; a reactor woken by that resume but not yet run
+    still reads as paused, so the next send_c_store goes ahead and the reactor, running at
+    last, can take that request's response ("Received unexpected C-STORE service message"),
+    leaving the sender to wait out its DIMSE timeout. The quicker the peer, the likelier. An
+    association that only sends serves no requests: the reactor's polls (the only
+    non-blocking reads) get nothing.
+    """
+    read = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        return read(block) if block else (None, None)
+
+    assoc.dimse.get_msg = get_msg  # type: ignore[method-assign]
+    return assoc
+
+
 # --- C-GET and C-MOVE sub-operations ---------------------------------------------------------
 
 
@@ -358,7 +378,7 @@ class _RetrieveService(QueryRetrieveServiceClass):
             reason = str(exc)
         else:
             if store.is_established:
-                return store
+                return sender_only(store)
             reason = "association rejected" if store.is_rejected else "no association"
             # pynetdicom's own C-MOVE closes a failed requestor's socket by hand too.
             if store.dul.socket is not None:

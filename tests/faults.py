@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 
+from dicom_node.retrieve import sender_only
+
 T = TypeVar("T")
 
 
@@ -244,8 +246,10 @@ def send(
     if timeout is not None:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     datasets = [dcmread(io.BytesIO(data)) for data in instances]
-    assoc = ae.associate(
-        "127.0.0.1", port, ae_title="TELEHEALTH", evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+    assoc = sender_only(
+        ae.associate(
+            "127.0.0.1", port, ae_title="TELEHEALTH", evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+        )
     )
     acknowledged: list[str] = []
     if not assoc.is_established:

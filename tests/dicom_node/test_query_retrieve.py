@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelMove,
@@ -40,6 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
+from dicom_node.retrieve import sender_only
 from telehealth.auth.models import AuditEvent
 from telehealth.db import transaction
 from telehealth.hub import Hub
@@ -900,3 +903,31 @@ def test_audit_names_the_calling_ae(world: World) -> None:
     [row] = audit_rows(world, "dimse.c_find")
     assert row[:2] == ("ae:A_WS", "success")
     assert "1 matches" in row[3] and "PatientID=A001" in row[3]
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["sender_only", "pynetdicom"])
+def test_a_sending_association_keeps_its_responses_from_pynetdicoms_reactor(
+    guarded: bool,
+) -> None:
+    """The race sender_only closes, forced: a response waiting on the queue while the
+    reactor runs. Without the guard the reactor takes it (and the sender would wait out its
+    DIMSE timeout); with it the response stays for send_c_store."""
+    peer = AE("PEER")
+    peer.add_supported_context(CTImageStorage)
+    server = peer.start_server(("127.0.0.1", 0), block=False)
+    try:
+        ae = AE("SENDER")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="PEER")
+        assert assoc.is_established
+        if guarded:
+            sender_only(assoc)
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = 1
+        response.Status = 0x0000
+        assoc.dimse.msg_queue.put((1, response))
+        time.sleep(0.2)  # the reactor polls the queue every millisecond
+        assert (assoc.dimse.msg_queue.qsize() == 1) is guarded
+        assoc.release()
+    finally:
+        server.shutdown()

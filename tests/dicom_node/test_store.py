@@ -33,6 +33,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
+from dicom_node.retrieve import sender_only
 from telehealth.archive.models import Instance, SupersededObject
 from telehealth.archive.service import fsck, parse_header
 from telehealth.db import transaction
@@ -145,7 +146,9 @@ def associate(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, [syntax])
-    assoc = ae.associate("127.0.0.1", hub.dicom_node.port, ae_title=hub.settings.ae_title, **kwargs)
+    assoc = sender_only(
+        ae.associate("127.0.0.1", hub.dicom_node.port, ae_title=hub.settings.ae_title, **kwargs)
+    )
     try:
         yield assoc
     finally:
