@@ -86,6 +86,10 @@ class SharedListener:
         """Tell the other processes how many associations this one serves."""
         self._table[self.slot] = serving
 
+    def mark_not_listening(self, slot: int) -> None:
+        """A process that died cannot say so itself: its parent says it for it."""
+        self._table[slot] = _NOT_LISTENING
+
     def loads(self) -> list[int | None]:
         """Associations served by each process; None for one not listening."""
         return [None if load == _NOT_LISTENING else load for load in self._table]

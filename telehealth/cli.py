@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,8 @@ from telehealth.hub import Hub
 from telehealth.institutions import service as institutions
 from telehealth.institutions.models import InstitutionLevel
 from telehealth.storage import die_with_parent
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     help="Telehealth hub for county medical consortia (医共体).", no_args_is_help=True
@@ -105,7 +108,7 @@ def serve(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     hub = Hub(settings)
-    workers: list[subprocess.Popen[bytes]] = []
+    workers: DicomWorkers | None = None
     listener: SharedListener | None = None
     try:
         hub.open()
@@ -114,7 +117,8 @@ def serve(
                 settings.dicom_host, settings.dicom_port, settings.dicom_workers
             )
         hub.start(dicom=dicom, signaling=True, dicom_listener=listener)
-        workers = _start_dicom_workers(hub, listener)
+        if listener is not None:
+            workers = DicomWorkers(hub, listener)
         config = uvicorn.Config(
             create_app(hub),
             host=settings.http_host,
@@ -132,40 +136,72 @@ def serve(
         signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.Server(config).run()
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(timeout=30)
+        if workers is not None:
+            workers.stop()
         hub.close()
         if listener is not None:
             listener.close()
 
 
-def _start_dicom_workers(
-    hub: Hub, listener: SharedListener | None
-) -> list[subprocess.Popen[bytes]]:
-    """Start `dicom_workers - 1` more DICOM node processes on the hub's listener."""
-    settings = hub.settings
-    if listener is None or hub.dicom_node is None:
-        return []
-    env = dict(os.environ)
-    env.update(
-        TELEHEALTH_DATA_DIR=str(settings.data_dir.resolve()),
-        TELEHEALTH_DICOM_PORT=str(hub.dicom_node.port),
-        TELEHEALTH_DICOM_HOST=settings.dicom_host,
-        TELEHEALTH_AE_TITLE=settings.ae_title,
-        TELEHEALTH_SECRET_KEY=hub.secret,
-    )
-    command = [sys.executable, "-m", "telehealth.cli", "dicom-worker"]
-    workers = []
-    for slot in range(1, listener.processes):
-        handoff_env, fds = listener.handoff(slot)
-        workers.append(
-            subprocess.Popen(
-                command, env=env | handoff_env, pass_fds=fds, preexec_fn=die_with_parent
-            )
+class DicomWorkers:
+    """The `dicom_workers - 1` DICOM node processes beside `serve`'s own, one per slot of
+    the shared listener. One that dies is started again; meanwhile its slot reads as not
+    listening, so the others stop leaving new associations to it."""
+
+    CHECK_SECONDS = 1.0
+    # A worker that keeps dying (a bad setting, say) is started at most this often.
+    RESTART_SECONDS = 10.0
+
+    def __init__(self, hub: Hub, listener: SharedListener) -> None:
+        settings = hub.settings
+        self._listener = listener
+        self._env = dict(os.environ)
+        self._env.update(
+            TELEHEALTH_DATA_DIR=str(settings.data_dir.resolve()),
+            TELEHEALTH_DICOM_PORT=str(listener.address[1]),
+            TELEHEALTH_DICOM_HOST=settings.dicom_host,
+            TELEHEALTH_AE_TITLE=settings.ae_title,
+            TELEHEALTH_SECRET_KEY=hub.secret,
         )
-    return workers
+        self._processes = {slot: self._start(slot) for slot in range(1, listener.processes)}
+        self._started = dict.fromkeys(self._processes, time.monotonic())
+        self._stopping = threading.Event()
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="dicom-workers", daemon=True
+        )
+        self._supervisor.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._supervisor.join()
+        for process in self._processes.values():
+            process.terminate()
+        for process in self._processes.values():
+            process.wait(timeout=30)
+
+    def _start(self, slot: int) -> subprocess.Popen[bytes]:
+        handoff_env, fds = self._listener.handoff(slot)
+        return subprocess.Popen(
+            [sys.executable, "-m", "telehealth.cli", "dicom-worker"],
+            env=self._env | handoff_env,
+            pass_fds=fds,
+            preexec_fn=die_with_parent,
+        )
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(self.CHECK_SECONDS):
+            for slot, process in list(self._processes.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                self._listener.mark_not_listening(slot)
+                if time.monotonic() - self._started[slot] < self.RESTART_SECONDS:
+                    continue
+                log.error(
+                    "DICOM worker process %d exited with %s; starting another", process.pid, code
+                )
+                self._processes[slot] = self._start(slot)
+                self._started[slot] = time.monotonic()
 
 
 @app.command("dicom-worker", hidden=True)

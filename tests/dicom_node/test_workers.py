@@ -4,6 +4,7 @@ and parallel associations are spread evenly over the processes."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from collections import Counter
@@ -18,7 +19,7 @@ from telehealth.archive.models import Instance, StorageState
 from telehealth.db import create_db_engine, make_session_factory, transaction
 from telehealth.storage import S3Endpoint
 from tests.conftest import dcmtk
-from tests.faults import make_series, storescu, wait_for, write_files
+from tests.faults import make_series, send, storescu, wait_for, write_files
 from tests.test_crash_recovery import _cli, _env, _register_clinic, served
 
 ASSOCIATIONS = 4
@@ -139,3 +140,31 @@ def test_parallel_associations_are_spread_evenly_over_worker_processes(
         finally:
             for assoc in associations:
                 assoc.release()
+
+
+def test_a_dicom_worker_that_dies_is_started_again(
+    tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
+) -> None:
+    data_dir = tmp_path / "data"
+    env = _env(data_dir, database_url, s3, bucket)
+    env["TELEHEALTH_DICOM_WORKERS"] = "2"
+    _register_clinic(env, data_dir)
+
+    def listening() -> int:
+        return int(hub.health()["dicom_node"]["processes"])  # type: ignore[index]
+
+    with served(env, data_dir, tmp_path / "hub.log") as hub:
+        wait_for(lambda: listening() == 2, timeout=60, what="both DICOM node processes")
+        [worker] = _dicom_workers(hub.process.pid)
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: listening() == 1, timeout=10, what="the dead worker to be counted out")
+
+        def replaced() -> bool:
+            workers = _dicom_workers(hub.process.pid)
+            return len(workers) == 1 and workers != [worker] and listening() == 2
+
+        wait_for(replaced, timeout=60, what="another worker listening in its place", interval=0.2)
+        for n in range(ASSOCIATIONS):
+            series = make_series(3, patient_id=f"R{n}-{uuid.uuid4().hex[:6]}")
+            assert len(send(hub.dicom_port, "CLINIC_A_DR", series)) == 3
+        assert "starting another" in hub.log.read_text()
