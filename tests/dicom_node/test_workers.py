@@ -37,6 +37,18 @@ def _dicom_workers(hub_pid: int) -> list[int]:
     ]
 
 
+def _two_process_hub(
+    tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
+) -> tuple[Path, dict[str, str]]:
+    """The data folder and environment of a `serve` with two DICOM node processes, one
+    clinic registered."""
+    data_dir = tmp_path / "data"
+    env = _env(data_dir, database_url, s3, bucket)
+    env["TELEHEALTH_DICOM_WORKERS"] = "2"
+    _register_clinic(env, data_dir)
+    return data_dir, env
+
+
 def _established_by_process(port: int, pids: list[int]) -> Counter[int]:
     """How many established connections to local `port` each process holds (from /proc)."""
     inodes = set()
@@ -58,10 +70,7 @@ def test_parallel_associations_across_worker_processes_are_all_kept(
     tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
 ) -> None:
     tool = dcmtk("storescu")
-    data_dir = tmp_path / "data"
-    env = _env(data_dir, database_url, s3, bucket)
-    env["TELEHEALTH_DICOM_WORKERS"] = "2"
-    _register_clinic(env, data_dir)
+    data_dir, env = _two_process_hub(tmp_path, database_url, s3, bucket)
     folders = []
     for n in range(ASSOCIATIONS):
         folder = tmp_path / f"series{n}"
@@ -109,10 +118,7 @@ def test_parallel_associations_are_spread_evenly_over_worker_processes(
 ) -> None:
     """The least busy process accepts: four open associations sit two and two, where the
     kernel's SO_REUSEPORT hash put them 3/1 or 4/0 more often than not."""
-    data_dir = tmp_path / "data"
-    env = _env(data_dir, database_url, s3, bucket)
-    env["TELEHEALTH_DICOM_WORKERS"] = "2"
-    _register_clinic(env, data_dir)
+    data_dir, env = _two_process_hub(tmp_path, database_url, s3, bucket)
 
     with served(env, data_dir, tmp_path / "hub.log") as hub:
         wait_for(
@@ -145,10 +151,7 @@ def test_parallel_associations_are_spread_evenly_over_worker_processes(
 def test_a_dicom_worker_that_dies_is_started_again(
     tmp_path: Path, database_url: str, s3: S3Endpoint, bucket: str
 ) -> None:
-    data_dir = tmp_path / "data"
-    env = _env(data_dir, database_url, s3, bucket)
-    env["TELEHEALTH_DICOM_WORKERS"] = "2"
-    _register_clinic(env, data_dir)
+    data_dir, env = _two_process_hub(tmp_path, database_url, s3, bucket)
 
     def listening() -> int:
         return int(hub.health()["dicom_node"]["processes"])  # type: ignore[index]
