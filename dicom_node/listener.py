@@ -38,8 +38,8 @@ class SharedListener:
         self._table_fd = table_fd
         self._map = mmap.mmap(table_fd, processes * _SLOT_BYTES)
         self._table = memoryview(self._map).cast("i")
-        # Not listening yet: a non-blocking accept lets a process that lost the race to a
-        # connection go back to its loop instead of waiting for the next one.
+        # Non-blocking: a process that lost the race to a connection goes back to its loop
+        # instead of waiting in accept() for the next one.
         sock.setblocking(False)
 
     @classmethod
@@ -117,11 +117,10 @@ class SharedListener:
         self.socket.close()
 
     def close(self) -> None:
-        self.publish(_NOT_LISTENING)
+        self.stop_listening()
         self._table.release()
         self._map.close()
         os.close(self._table_fd)
-        self.socket.close()
 
     def _least_busy_peer(self) -> int:
         return min(

@@ -135,8 +135,11 @@ class _SharedPortServer(ThreadedAssociationServer):
     _listener: SharedListener | None = None
     _open_requests = 0  # connections accepted whose request thread still runs
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._requests_lock = threading.Lock()  # before super(): it binds and activates
+        super().__init__(*args, **kwargs)
+
     def server_bind(self) -> None:
-        self._requests_lock = threading.Lock()
         listener = self.ae._node.listener  # type: ignore[attr-defined]
         if listener is None:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
