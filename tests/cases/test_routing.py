@@ -77,6 +77,10 @@ def test_sop_class_condition_and_waveforms_count_as_ecg(world: World) -> None:
     world.session.execute(delete(RoutingRule))
     world.rule("CITY_IMG", modalities=["ecg"])
     assert routed(world, ecg) == "CITY_IMG"
+    # So does every ECG class the ECG reader measures (here General 32-bit ECG).
+    assert routed(world, {"modality": "OT", "sop_class": "1.2.840.10008.5.1.4.1.1.9.1.4"}) == (
+        "CITY_IMG"
+    )
 
 
 def test_body_part_condition(world: World) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from telehealth.archive.models import Instance
 from telehealth.auth import service as auth
@@ -114,6 +114,27 @@ def test_non_ecg_instances_are_left_alone(hub: Hub, ids: dict[str, int]) -> None
     result = hub.archive.ingest(ct, upload_origin(ids["CLINIC_A"]))
     assert hub.ecg_worker.measure_named([result.sop_instance_uid]) == 0
     assert kept(hub, result.sop_instance_uid) is None
+
+
+def test_the_worker_looks_up_no_image_it_is_told_of(hub: Hub, ids: dict[str, int]) -> None:
+    """A CT series announces every slice; only ECGs are worth a lookup on the worker's thread."""
+    looked_up: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        if threading.current_thread().name == "ecg-measure":
+            looked_up.append(str(parameters))
+
+    engine = hub.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        ct = (DEV_DATA / "dicom" / "ct" / "pydicom__CT_small.dcm").read_bytes()
+        image = hub.archive.ingest(ct, upload_origin(ids["CLINIC_A"]))
+        heart = hub.archive.ingest(ecg_instance(hr=70, seed=2), upload_origin(ids["CLINIC_A"]))
+        wait_for(lambda: kept(hub, heart.sop_instance_uid))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert any(heart.sop_instance_uid in p for p in looked_up)  # the listener does hear
+    assert not any(image.sop_instance_uid in p for p in looked_up)
 
 
 def test_sweep_measures_what_no_event_announced(hub_factory: Callable[..., Hub]) -> None:

@@ -211,6 +211,7 @@ class Archive:
                 Topic.INSTANCE_STORED,
                 {
                     "sop_instance_uid": header.sop_instance_uid,
+                    "sop_class_uid": header.sop_class_uid,
                     "study_instance_uid": header.study_instance_uid,
                     "institution_id": origin.institution_id,
                 },

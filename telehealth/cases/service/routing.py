@@ -23,16 +23,9 @@ from telehealth.cases.models import (
     ReadingGroupMember,
     RoutingRule,
 )
+from telehealth.ecg.service.dicom_waveform import ECG_SOP_CLASSES
 from telehealth.institutions.models import Institution
 
-# Waveform SOP classes read as ECGs (PS3.4 Annex B: 12-lead, general, ambulatory ECG).
-ECG_SOP_CLASSES = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.9.1.1",
-        "1.2.840.10008.5.1.4.1.1.9.1.2",
-        "1.2.840.10008.5.1.4.1.1.9.1.3",
-    }
-)
 # Roles whose members count as readers able to take a case.
 READER_ROLES = (Role.SPECIALIST, Role.ADMIN)
 
@@ -84,7 +77,7 @@ def study_facts(
     )
     modalities = {m.upper() for m, _ in series if m}
     modalities |= {m.upper() for m in study.modalities.split("\\") if m}
-    if sop_classes & ECG_SOP_CLASSES:
+    if sop_classes & ECG_SOP_CLASSES.keys():
         modalities.add("ECG")  # some carts label a 12-lead waveform "OT" or leave it empty
     return CaseFacts(
         institution_id=study.institution_id,

@@ -114,6 +114,7 @@ def _none_of_everything(reason: str, **extra: Any) -> Measurements:
 
 def _resample(x: np.ndarray, fs: float) -> np.ndarray:
     from scipy import signal as sp  # here, not at the top: ~1 s to import, for every CLI call
+
     if abs(fs - ANALYSIS_FS) < 1e-6:
         return x
     ratio = Fraction(ANALYSIS_FS / fs).limit_denominator(1000)
@@ -123,6 +124,7 @@ def _resample(x: np.ndarray, fs: float) -> np.ndarray:
 def _band(x: np.ndarray, low: float | None, high: float | None, fs: float) -> np.ndarray:
     """Zero-phase Butterworth filtering (no shift of onsets and ends)."""
     from scipy import signal as sp
+
     if low and high:
         sos = sp.butter(2, [low, high], btype="bandpass", fs=fs, output="sos")
     elif low:

@@ -57,9 +57,10 @@ class EcgWorker:
         self.measured = 0  # instances measured since start (for tests and health)
         events.subscribe(Topic.INSTANCE_STORED, self._on_stored)
 
-    # Runs on the ingest thread: no database, no I/O, just a queue put.
+    # Runs on the ingest thread: no database, no I/O, just a queue put, and only for ECGs: a
+    # CT series would otherwise cost a lookup (on SQLite, a write turn) every batch.
     def _on_stored(self, payload: dict[str, Any]) -> None:
-        if self._thread is not None:
+        if self._thread is not None and payload["sop_class_uid"] in ECG_SOP_CLASSES:
             self._queue.put(payload["sop_instance_uid"])
 
     def start(self) -> None:
