@@ -10,10 +10,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -26,10 +26,12 @@ from telehealth.auth.models import Role
 from telehealth.config import Settings
 from telehealth.db import create_db_engine, make_session_factory, migrate, transaction
 from telehealth.errors import DomainError
-from telehealth.hub import Hub
 from telehealth.institutions import service as institutions
 from telehealth.institutions.models import InstitutionLevel
 from telehealth.storage import die_with_parent
+
+if TYPE_CHECKING:
+    from telehealth.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,50 @@ DataDir = Annotated[
 ]
 
 
+def _hub(settings: Settings) -> Hub:
+    """A Hub, imported here rather than at the top: it brings every domain and its libraries
+    (~2 s of start-up), which admin commands like `ae add` do not need."""
+    from telehealth.hub import Hub
+
+    return Hub(settings)
+
+
 def _settings(data_dir: Path | None, **overrides: Any) -> Settings:
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
     return Settings(**values)
+
+
+@contextmanager
+def _stop_signals() -> Iterator[Callable[[], None]]:
+    """Yield a function that blocks until SIGTERM or SIGINT; for the whole of a command that
+    runs until stopped, its cleanup included (a later signal does not cut the cleanup short).
+
+    No lock is taken when a signal lands: a handler that sets a threading.Event deadlocks when
+    a second signal interrupts it inside Event.set, and a DICOM worker of `serve` gets two
+    SIGTERMs when serve stops (the parent-death signal and serve's own), so it lived on as an
+    orphan. The interpreter writes each signal's number to a pipe (signal.set_wakeup_fd) and
+    the waiting thread reads it. A signal before the wait makes the wait return at once.
+    """
+    stops = (signal.SIGTERM, signal.SIGINT)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    handlers = {number: signal.signal(number, lambda *_: None) for number in stops}
+
+    def wait() -> None:
+        while os.read(read_fd, 1)[0] not in stops:
+            pass  # another signal with a handler (none today)
+
+    try:
+        yield wait
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 @contextmanager
@@ -107,7 +148,7 @@ def serve(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    hub = Hub(settings)
+    hub = _hub(settings)
     workers: DicomWorkers | None = None
     listener: SharedListener | None = None
     try:
@@ -171,13 +212,23 @@ class DicomWorkers:
         )
         self._supervisor.start()
 
+    STOP_SECONDS = 30.0
+
     def stop(self) -> None:
+        """Stop every worker: SIGTERM, then SIGKILL for one still there after STOP_SECONDS
+        (it answered no Success it did not keep; serve's own cleanup must still run)."""
         self._stopping.set()
         self._supervisor.join()
         for process in self._processes.values():
             process.terminate()
+        deadline = time.monotonic() + self.STOP_SECONDS
         for process in self._processes.values():
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.error("DICOM worker process %d did not stop; killing it", process.pid)
+                process.kill()
+                process.wait()
 
     def _start(self, slot: int) -> subprocess.Popen[bytes]:
         handoff_env, fds = self._listener.handoff(slot)
@@ -211,18 +262,17 @@ def dicom_worker() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     listener = SharedListener.inherited()
-    hub = Hub(settings)
-    try:
-        hub.open(run_migrations=False)
-        hub.start(background=False, dicom_listener=listener)
-        stop.wait()
-    finally:
-        hub.close()
-        if listener is not None:
-            listener.close()
+    hub = _hub(settings)
+    with _stop_signals() as wait_for_stop:
+        try:
+            hub.open(run_migrations=False)
+            hub.start(background=False, dicom_listener=listener)
+            wait_for_stop()
+        finally:
+            hub.close()
+            if listener is not None:
+                listener.close()
 
 
 @app.command("dicom-node")
@@ -242,16 +292,14 @@ def dicom_node_command(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    hub = Hub(settings)
-    try:
-        hub.open()
-        hub.start()
-        stop.wait()
-    finally:
-        hub.close()
+    hub = _hub(settings)
+    with _stop_signals() as wait_for_stop:
+        try:
+            hub.open()
+            hub.start()
+            wait_for_stop()
+        finally:
+            hub.close()
 
 
 @app.command("signaling")
@@ -296,7 +344,7 @@ def fsck(
     """Check the index and storage agree; exit 1 on any disagreement."""
     from telehealth.archive.service import fsck as run_fsck
 
-    hub = Hub(_settings(data_dir)).open()
+    hub = _hub(_settings(data_dir)).open()
     try:
         with transaction(hub.factory) as session:
             report = run_fsck(session, hub.spool, hub.store, deep=deep)
@@ -324,7 +372,7 @@ def backup(
     from telehealth.backup import backup as run_backup
 
     settings = _settings(data_dir)
-    hub = Hub(settings).open(run_migrations=False)
+    hub = _hub(settings).open(run_migrations=False)
     try:
         summary = run_backup(settings.resolved_database_url(), hub.engine, hub.store, folder)
     except (FileExistsError, RuntimeError, FileNotFoundError) as exc:
@@ -356,7 +404,7 @@ def restore(
     except (RestoreRefused, RuntimeError, FileNotFoundError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
-    hub = Hub(settings).open()  # migrates from the backup's revision to this version's
+    hub = _hub(settings).open()  # migrates from the backup's revision to this version's
     try:
         summary = verify_objects(folder, hub.store)
     finally:
@@ -392,7 +440,7 @@ def retention_apply(
     except (ValidationError, OSError) as exc:
         err.print(f"[red]error:[/red] retention file {settings.retention_file}: {exc}")
         raise typer.Exit(1) from exc
-    hub = Hub(settings).open()
+    hub = _hub(settings).open()
     try:
         report = apply_policy(hub.factory, hub.store, policy, hub.clock.now(), dry_run=dry_run)
     finally:

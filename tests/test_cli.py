@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -247,3 +249,37 @@ def test_fsck_finds_an_object_missing_behind_the_index(
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "problems=1" in broken.stdout
     assert result.sop_instance_uid in broken.stdout or key in broken.stdout
+
+
+# A long-running command's wait, as `serve`'s DICOM workers and `dicom-node` use it.
+WAIT_FOR_STOP = """
+from telehealth.cli import _stop_signals
+with _stop_signals() as wait_for_stop:
+    print("waiting", flush=True)
+    wait_for_stop()
+"""
+
+
+def test_a_stream_of_sigterms_stops_a_waiting_command() -> None:
+    """`serve` stopping sends each DICOM worker two SIGTERMs at once (the parent-death signal
+    and its own). A handler that set a threading.Event deadlocked when the second landed
+    inside the first, and the worker lived on as an orphan; a stream of SIGTERMs makes such a
+    landing all but certain (9 runs in 10 hung that way)."""
+    for _ in range(3):
+        process = subprocess.Popen(
+            [sys.executable, "-c", WAIT_FOR_STOP], stdout=subprocess.PIPE, text=True
+        )
+        assert process.stdout is not None
+        assert process.stdout.readline() == "waiting\n"
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until and process.poll() is None:
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                break
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError("the command hung on its SIGTERMs") from None
