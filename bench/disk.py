@@ -10,8 +10,9 @@ Not part of the test run. Prints a table and ends with one `name=value` line.
 
 Each writer creates, writes, fsyncs and closes its own files one after the other (what one
 association does); several writers run at once (several associations). No receiver can answer
-Success faster than this: it is the ceiling `bench/ingest.py`'s figures are read against (a
-peer that does not sync, like Orthanc by default, is bounded by the page cache instead).
+Success faster than this: it is the ceiling `bench/ingest.py`'s figures are read against, the
+hub's and Orthanc's alike (Orthanc syncs each file too: SyncStorageArea, on by default since
+1.7.4). `bench/ingest.py` measures one writer before each of its runs.
 """
 
 from __future__ import annotations

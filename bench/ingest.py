@@ -19,6 +19,10 @@ Orthanc: the Debian package, fresh storage in a temp dir, no plugins):
 - CPU: user + system seconds of the receiver's process tree while a push runs (the hub's
   includes its S3 server), per acknowledged instance; and of the storescu processes, which
   share the same two cores.
+- disk: before each run, instance-sized files written and synced one after another, in the
+  same temp dir: the bound on one association for both targets, which sync each instance.
+- CPU ratio: Orthanc's CPU per instance over the hub's, storescu's counted in both; with four
+  associations both fill the cores, and the rate ratio cannot pass it for long.
 - hub peak RSS: the largest sum of VmRSS over the hub process and its descendants, EXCLUDING
   the embedded S3 server (`weed`, ~110 MB of its own), polled every 50 ms from /proc; also the
   hub process's own VmHWM.
@@ -46,6 +50,8 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import disk  # bench/disk.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -131,6 +137,18 @@ def make_series(out: Path, slices: int, studies: int, patient: str) -> None:
 def dir_stats(folder: Path) -> tuple[int, int]:
     files = [p for p in folder.rglob("*") if p.is_file()]
     return len(files), sum(p.stat().st_size for p in files)
+
+
+def disk_probe(folder: Path, size: int, count: int = 200) -> float:
+    """Files of `size` bytes written and synced per second by one writer in `folder`
+    (bench/disk.py): the bound on one association for both targets, which sync each instance
+    before answering (the hub's spool; Orthanc's SyncStorageArea, on by default since 1.7.4).
+    It differs between machines far more than anything either target does."""
+    probe = folder / "disk-probe"
+    probe.mkdir()
+    rate, _ = disk.run(probe, 1, count, os.urandom(size))
+    probe.rmdir()
+    return rate
 
 
 # --- memory sampling ------------------------------------------------------------------------
@@ -510,6 +528,7 @@ def main() -> int:
         )
         hubs: list[Result] = []
         orthancs: list[Result] = []
+        disk_rates: list[float] = []
         for run in range(args.runs):
             work = tmp / f"run{run}"
             work.mkdir()
@@ -518,12 +537,14 @@ def main() -> int:
             fours = [work / f"four{k}" for k in range(4)]
             for k, folder in enumerate(fours):
                 make_series(folder, four, 1, f"FOUR{run}{k}")
+            size = dir_stats(work / "one")[1] // max(args.slices, 1)
+            disk_rates.append(disk_probe(work, size))
             print(f"run {run + 1}: hub", file=sys.stderr)
             hubs.append(run_hub(work, work / "one", fours, hub_env))
             if not args.skip_orthanc:
                 print(f"run {run + 1}: Orthanc", file=sys.stderr)
                 orthancs.append(run_orthanc(work, work / "one", fours))
-        report(hubs, orthancs, args.slices, four, args.dicom_workers)
+        report(hubs, orthancs, args.slices, four, args.dicom_workers, disk_rates)
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -541,7 +562,12 @@ def med(values: list[float]) -> float:
 
 
 def report(
-    hubs: list[Result], orthancs: list[Result], slices: int, four: int, dicom_workers: int
+    hubs: list[Result],
+    orthancs: list[Result],
+    slices: int,
+    four: int,
+    dicom_workers: int,
+    disk_rates: list[float],
 ) -> None:
     rows = []
 
@@ -588,6 +614,22 @@ def report(
     )
     if orthancs:
         print(f"orthanc peak RSS: {med([o.peak_rss_mb for o in orthancs]):.0f} MB")
+    disk = med(disk_rates)
+    print(f"this disk: {disk:.0f} instance-sized files written and synced per second, one writer")
+    # With four associations both targets keep the two cores busy, storescu included; the
+    # ratio of rates then approaches the ratio of CPU per instance, pushers counted.
+    cpu_ratio = (
+        med(
+            [
+                (o.four.server_cpu_ms + o.four.client_cpu_ms)
+                / (h.four.server_cpu_ms + h.four.client_cpu_ms)
+                for h, o in zip(hubs, orthancs, strict=False)
+            ]
+        )
+        if orthancs
+        else float("nan")
+    )
+    print(f"4 assoc: orthanc/hub CPU per instance, storescu included: {cpu_ratio:.2f}")
     if len(hubs) > 1:
         print(
             "per run hub/orthanc inst/s (1 assoc; 4 assoc): "
@@ -619,6 +661,7 @@ def report(
         f"orthanc_cpu_ms_1assoc={med([o.one.server_cpu_ms for o in orthancs]):.2f} "
         f"hub_cpu_ms_4assoc={med([h.four.server_cpu_ms for h in hubs]):.2f} "
         f"orthanc_cpu_ms_4assoc={med([o.four.server_cpu_ms for o in orthancs]):.2f} "
+        f"cpu_ratio_4assoc={cpu_ratio:.2f} disk_synced_files_s={disk:.0f} "
         f"hub_dicom_workers={dicom_workers} runs={len(hubs)}"
     )
 
