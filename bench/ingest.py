@@ -537,8 +537,8 @@ def main() -> int:
             fours = [work / f"four{k}" for k in range(4)]
             for k, folder in enumerate(fours):
                 make_series(folder, four, 1, f"FOUR{run}{k}")
-            size = dir_stats(work / "one")[1] // max(args.slices, 1)
-            disk_rates.append(disk_probe(work, size))
+            files, size = dir_stats(work / "one")
+            disk_rates.append(disk_probe(work, size // files))
             print(f"run {run + 1}: hub", file=sys.stderr)
             hubs.append(run_hub(work, work / "one", fours, hub_env))
             if not args.skip_orthanc:
@@ -614,8 +614,10 @@ def report(
     )
     if orthancs:
         print(f"orthanc peak RSS: {med([o.peak_rss_mb for o in orthancs]):.0f} MB")
-    disk = med(disk_rates)
-    print(f"this disk: {disk:.0f} instance-sized files written and synced per second, one writer")
+    disk_rate = med(disk_rates)
+    print(
+        f"this disk: {disk_rate:.0f} instance-sized files written and synced per second, one writer"
+    )
     # With four associations both targets keep the two cores busy, storescu included; the
     # ratio of rates then approaches the ratio of CPU per instance, pushers counted.
     cpu_ratio = (
@@ -661,7 +663,7 @@ def report(
         f"orthanc_cpu_ms_1assoc={med([o.one.server_cpu_ms for o in orthancs]):.2f} "
         f"hub_cpu_ms_4assoc={med([h.four.server_cpu_ms for h in hubs]):.2f} "
         f"orthanc_cpu_ms_4assoc={med([o.four.server_cpu_ms for o in orthancs]):.2f} "
-        f"cpu_ratio_4assoc={cpu_ratio:.2f} disk_synced_files_s={disk:.0f} "
+        f"cpu_ratio_4assoc={cpu_ratio:.2f} disk_synced_files_s={disk_rate:.0f} "
         f"hub_dicom_workers={dicom_workers} runs={len(hubs)}"
     )
 

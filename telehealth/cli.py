@@ -192,6 +192,8 @@ class DicomWorkers:
     CHECK_SECONDS = 1.0
     # A worker that keeps dying (a bad setting, say) is started at most this often.
     RESTART_SECONDS = 10.0
+    # A worker still there this long after SIGTERM is killed.
+    STOP_SECONDS = 30.0
 
     def __init__(self, hub: Hub, listener: SharedListener) -> None:
         settings = hub.settings
@@ -211,8 +213,6 @@ class DicomWorkers:
             target=self._supervise, name="dicom-workers", daemon=True
         )
         self._supervisor.start()
-
-    STOP_SECONDS = 30.0
 
     def stop(self) -> None:
         """Stop every worker: SIGTERM, then SIGKILL for one still there after STOP_SECONDS
